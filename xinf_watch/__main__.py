@@ -1,0 +1,3 @@
+from xinf_watch.cli import main
+
+raise SystemExit(main())
