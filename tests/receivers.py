@@ -1,0 +1,166 @@
+"""Real notification receivers for tests, all on 127.0.0.1: an HTTP server that records POSTs (and can
+go down and come back on the same port), an SMTP server (aiosmtpd), and a real Alertmanager process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from aiosmtpd.controller import Controller
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(check: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class HTTPReceiver:
+    """Records every POST; `stop()` then `start()` brings it back on the same port (an outage)."""
+
+    def __init__(self, status: int = 200) -> None:
+        self.status = status
+        self.requests: list[Request] = []
+        self.port = 0
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                receiver.requests.append(Request(self.path, dict(self.headers), body))
+                self.send_response(receiver.status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        return Handler
+
+    def start(self) -> HTTPReceiver:
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
+        self.port = int(self._server.server_address[1])
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05})
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            assert self._thread is not None
+            self._thread.join()
+            self._server = None
+
+    @property
+    def url(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+class SMTPReceiver:
+    """An aiosmtpd server on a free loopback port; `messages` are parsed emails."""
+
+    def __init__(self) -> None:
+        self.messages: list[EmailMessage] = []
+        self.port = free_port()
+        self._controller = Controller(self, hostname="127.0.0.1", port=self.port)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        msg = message_from_bytes(envelope.original_content or envelope.content, policy=policy.default)
+        assert isinstance(msg, EmailMessage)
+        self.messages.append(msg)
+        return "250 OK"
+
+    def start(self) -> SMTPReceiver:
+        self._controller.start()
+        return self
+
+    def stop(self) -> None:
+        self._controller.stop()
+
+
+def alertmanager_binary() -> str | None:
+    return shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+
+
+class Alertmanager:
+    """A real Alertmanager on free loopback ports, routing everything to a receiver that does nothing."""
+
+    def __init__(self, binary: str, workdir: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = workdir / "alertmanager.yml"
+        config.write_text('route: {receiver: "null"}\nreceivers: [{name: "null"}]\n')
+        (workdir / "data").mkdir()
+        self._log = (workdir / "alertmanager.log").open("wb")
+        self._proc = subprocess.Popen(
+            [binary, f"--config.file={config}", f"--storage.path={workdir / 'data'}",
+             f"--web.listen-address=127.0.0.1:{self.port}", "--cluster.listen-address="],
+            stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, "HOME": str(workdir)},
+        )  # fmt: skip
+        self._logfile = workdir / "alertmanager.log"
+        try:
+            wait_until(self._ready, timeout=20, what="alertmanager /-/ready")
+        except AssertionError:
+            self.stop()
+            raise AssertionError("alertmanager did not start:\n" + self._logfile.read_text()) from None
+
+    def _ready(self) -> bool:
+        if self._proc.poll() is not None:
+            raise AssertionError("alertmanager exited:\n" + self._logfile.read_text())
+        try:
+            with urllib.request.urlopen(self.url + "/-/ready", timeout=1) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    def alerts(self, **params: str) -> list[dict[str, Any]]:
+        query = "&".join(f"{k}={v}" for k, v in params.items())
+        with urllib.request.urlopen(f"{self.url}/api/v2/alerts?{query}", timeout=5) as r:
+            result: list[dict[str, Any]] = json.load(r)
+            return result
+
+    def stop(self) -> None:
+        self._proc.terminate()
+        try:
+            self._proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        self._log.close()

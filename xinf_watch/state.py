@@ -1,0 +1,310 @@
+"""The state database: one SQLite file, `state.db` in the state dir. The only module that imports sqlite3.
+
+It holds what a restart resumes from (DESIGN.md section 8): the read positions of every source, named
+JSON blobs (metric counters, rule state, ...) and the outbox of alert deliveries. `StateStore.commit`
+writes all three in ONE transaction, so after a crash the positions, the counters, the rule state and
+the alerts that follow from them always agree: a line is either fully accounted for or re-read.
+
+Rules:
+- WAL journal, `synchronous=NORMAL` by default. A WAL commit has written its frames to the WAL file
+  (into the kernel's page cache) before COMMIT returns; only checkpoints fsync. A killed process
+  (kill -9, OOM, crash) loses nothing the kernel holds, so every commit that returned survives; only an
+  OS crash or power loss can drop the last commits, and then the database rolls back to an earlier,
+  still consistent commit (positions and outbox together), so lines are re-read and the same alerts
+  are made again (receivers de-duplicate by alert id). `synchronous=FULL` (an fsync per commit) is
+  available for those who need power-loss durability.
+- The schema version is `PRAGMA user_version`. A file that is not a database, fails
+  `PRAGMA quick_check`, or was written by a newer schema is renamed aside
+  (`state.db.corrupt-<UTC time>` / `state.db.newer-<UTC time>`, with its -wal/-shm) with a loud
+  message, and a fresh database is created: a bad state file costs a re-read, never a crash loop.
+- The outbox is idempotent: one row per (alert id, status, target), whatever is enqueued twice.
+  Rows are never dropped on failure; delivered rows are kept for a while (`Outbox.prune`) so that a
+  late re-enqueue of the same transition is still recognised.
+- `Outbox` is the delivery side: the sender thread opens its own connection on the same file.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+
+from xinf_watch.model import Alert
+
+SCHEMA_VERSION = 1
+DB_NAME = "state.db"
+BACKOFF_MAX = 300.0  # seconds between retries of one outbox row, at most
+BUSY_TIMEOUT_MS = 10_000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS positions (source TEXT PRIMARY KEY, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS blobs (name TEXT PRIMARY KEY, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value);
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY,
+    alert_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    target TEXT NOT NULL,
+    alert BLOB NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt REAL NOT NULL DEFAULT 0,
+    last_error TEXT,
+    delivered_at REAL,
+    UNIQUE (alert_id, status, target)
+);
+CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (target, id) WHERE delivered_at IS NULL;
+"""
+
+# SQLite primary result codes that mean "this file is damaged", as opposed to "cannot open it"
+_SQLITE_CORRUPT = 11
+_SQLITE_NOTADB = 26
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """What the last commit left: the state a restart resumes from."""
+
+    positions: Mapping[str, list[dict[str, Any]]]
+    blobs: Mapping[str, Any]
+    committed_at: float | None  # Unix time of the last commit; None for a fresh database
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxItem:
+    id: int
+    target: str
+    alert: dict[str, Any]  # the alert JSON (DESIGN.md section 7)
+    attempts: int
+    next_attempt: float
+
+
+def _connect(path: Path, *, create: bool, sync: str) -> sqlite3.Connection:
+    uri = path.resolve().as_uri() + ("?mode=rwc" if create else "?mode=rw")
+    # autocommit mode: transactions are explicit (BEGIN IMMEDIATE ... COMMIT)
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute(f"PRAGMA synchronous = {sync}")
+    return conn
+
+
+def _is_damage(exc: sqlite3.DatabaseError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None:  # pragma: no cover - Python < 3.11 keeps no error code
+        return not isinstance(exc, sqlite3.OperationalError)
+    return code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
+
+
+class StateStore:
+    """The writing side: load what the last commit left, commit a batch atomically."""
+
+    def __init__(
+        self,
+        directory: Path,
+        log: Callable[[str], None] = _stderr,
+        *,
+        sync: Literal["NORMAL", "FULL"] = "NORMAL",
+    ) -> None:
+        self.directory = Path(directory)
+        self.path = self.directory / DB_NAME
+        self._log = log
+        self._sync = sync
+        if not self.directory.is_dir():
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(self.directory, 0o700)  # mkdir's mode is filtered by the umask
+        self._conn = self._open()
+
+    def _open(self) -> sqlite3.Connection:
+        reason = self._check_existing()
+        if reason is not None:
+            self._move_aside(*reason)
+        conn = _connect(self.path, create=True, sync=self._sync)
+        try:
+            os.chmod(self.path, 0o600)
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                self._log(f"xinf-watch: state: {self.path}: WAL journal not available (got {mode})")
+            conn.execute("BEGIN IMMEDIATE")
+            for statement in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _check_existing(self) -> tuple[str, str] | None:
+        """Why the existing file cannot be used (kind, detail), or None when it can (or is absent)."""
+        if not self.path.exists():
+            return None
+        try:
+            conn = _connect(self.path, create=False, sync=self._sync)
+        except sqlite3.DatabaseError as exc:
+            if _is_damage(exc):
+                return "corrupt", str(exc)
+            raise
+        try:
+            rows = conn.execute("PRAGMA quick_check").fetchall()
+            if [tuple(r) for r in rows] != [("ok",)]:
+                detail = "; ".join(str(r[0]) for r in rows[:3])
+                return "corrupt", f"quick_check: {detail}"
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                return "newer", f"schema version {version}, this xinf-watch knows up to {SCHEMA_VERSION}"
+        except sqlite3.DatabaseError as exc:
+            if _is_damage(exc):
+                return "corrupt", str(exc)
+            raise
+        finally:
+            conn.close()
+        return None
+
+    def _move_aside(self, kind: str, detail: str) -> None:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        aside = self.path.with_name(f"{DB_NAME}.{kind}-{stamp}")
+        n = 1
+        while aside.exists():
+            n += 1
+            aside = self.path.with_name(f"{DB_NAME}.{kind}-{stamp}.{n}")
+        os.replace(self.path, aside)
+        # the -wal and -shm belong to the old file: left in place they would be replayed into the new one
+        for suffix in ("-wal", "-shm"):
+            side = self.path.with_name(DB_NAME + suffix)
+            if side.exists():
+                os.replace(side, aside.with_name(aside.name + suffix))
+        self._log(
+            f"xinf-watch: state: {self.path} is {'corrupt' if kind == 'corrupt' else 'from a newer version'}"
+            f" ({detail}); moved it to {aside.name} and starting with fresh state: sources resume per"
+            " their start_at, counters and rule state start over"
+        )
+
+    def load(self) -> Checkpoint:
+        conn = self._conn
+        positions = {
+            src: orjson.loads(data) for src, data in conn.execute("SELECT source, data FROM positions")
+        }
+        blobs = {name: orjson.loads(data) for name, data in conn.execute("SELECT name, data FROM blobs")}
+        row = conn.execute("SELECT value FROM meta WHERE name = 'committed_at'").fetchone()
+        return Checkpoint(positions, blobs, None if row is None else float(row[0]))
+
+    def commit(
+        self,
+        positions: Mapping[str, Sequence[Mapping[str, Any]]],
+        blobs: Mapping[str, Any],
+        alerts: Sequence[tuple[Alert, Sequence[str]]],
+    ) -> None:
+        """In one transaction: replace all positions (a source left out is forgotten), replace the
+        given blobs (others stay), enqueue each alert for each of its targets (idempotent)."""
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("DELETE FROM positions")
+            conn.executemany(
+                "INSERT INTO positions (source, data) VALUES (?, ?)",
+                [(src, orjson.dumps(list(pos))) for src, pos in positions.items()],
+            )
+            conn.executemany(
+                "INSERT OR REPLACE INTO blobs (name, data) VALUES (?, ?)",
+                [(name, orjson.dumps(value)) for name, value in blobs.items()],
+            )
+            rows: list[tuple[str, str, str, bytes]] = []
+            for alert, targets in alerts:
+                body = orjson.dumps(alert.to_json())
+                rows.extend((alert.id, alert.status.value, target, body) for target in targets)
+            conn.executemany(
+                "INSERT OR IGNORE INTO outbox (alert_id, status, target, alert) VALUES (?, ?, ?, ?)", rows
+            )
+            conn.execute(
+                "INSERT OR REPLACE INTO meta (name, value) VALUES ('committed_at', ?)", (time.time(),)
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:  # SQLite may already have rolled back (e.g. disk full at COMMIT)
+                conn.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+class Outbox:
+    """The delivery side of the outbox, on its own connection (safe to use from the sender thread).
+
+    Per target, rows go out in the order they were enqueued: a row waiting for its retry holds back
+    the later rows of the same target (so a resolution never overtakes its firing), never those of
+    other targets.
+    """
+
+    def __init__(self, directory: Path, *, sync: Literal["NORMAL", "FULL"] = "NORMAL") -> None:
+        self._conn = _connect(Path(directory) / DB_NAME, create=False, sync=sync)
+        self._lock = threading.Lock()
+
+    def pending(self) -> int:
+        with self._lock:
+            return int(
+                self._conn.execute("SELECT count(*) FROM outbox WHERE delivered_at IS NULL").fetchone()[0]
+            )
+
+    def due(self, now: float, limit: int = 100) -> list[OutboxItem]:
+        with self._lock:
+            rows = self._conn.execute(
+                """SELECT id, target, alert, attempts, next_attempt FROM outbox AS o
+                   WHERE delivered_at IS NULL AND next_attempt <= :now
+                     AND NOT EXISTS (SELECT 1 FROM outbox AS p
+                                     WHERE p.target = o.target AND p.delivered_at IS NULL
+                                       AND p.id < o.id AND p.next_attempt > :now)
+                   ORDER BY id LIMIT :limit""",
+                {"now": now, "limit": limit},
+            ).fetchall()
+        return [OutboxItem(i, t, orjson.loads(a), n, nxt) for i, t, a, n, nxt in rows]
+
+    def next_due(self) -> float | None:
+        """When the earliest row could become due (the oldest pending row of each target), or None."""
+        with self._lock:
+            row = self._conn.execute(
+                """SELECT min(next_attempt) FROM outbox AS o
+                   WHERE delivered_at IS NULL
+                     AND id = (SELECT min(id) FROM outbox AS p
+                               WHERE p.target = o.target AND p.delivered_at IS NULL)"""
+            ).fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def delivered(self, item_id: int, now: float | None = None) -> None:
+        with self._lock:
+            self._conn.execute(
+                "UPDATE outbox SET delivered_at = ?, last_error = NULL WHERE id = ?",
+                (time.time() if now is None else now, item_id),
+            )
+
+    def failed(self, item_id: int, now: float, error: str) -> None:
+        """Retry later: 1 s after the first failure, then 2 s, 4 s, ... at most BACKOFF_MAX. Never dropped."""
+        with self._lock:
+            self._conn.execute(
+                """UPDATE outbox SET attempts = attempts + 1, last_error = :error,
+                          next_attempt = :now + min(:cap, 1 << min(attempts, 20))
+                   WHERE id = :id""",
+                {"id": item_id, "now": now, "cap": BACKOFF_MAX, "error": error[:1000]},
+            )
+
+    def prune(self, before: float) -> int:
+        """Forget rows delivered before `before`; returns how many."""
+        with self._lock:
+            return self._conn.execute(
+                "DELETE FROM outbox WHERE delivered_at IS NOT NULL AND delivered_at < ?", (before,)
+            ).rowcount
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
