@@ -1,0 +1,104 @@
+"""What the log parsers share: the `Parser` type and lenient value conversions.
+
+The conversions never raise and return `None` for absent values. Logs write "absent" as `-`
+(nginx, HAProxy, Apache) or `""` (JSON logs); both become `None`. Numbers that do not parse
+become `None` too: a bad byte count must not cost the whole record.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+
+from xinf_watch.model import LineResult, Record
+
+# A parser turns one line (without its newline) into a record, or says why it is not one.
+Parser = Callable[[str], Record | LineResult]
+
+ABSENT = frozenset(("", "-"))
+
+_HTTP_VERSION = re.compile(r"HTTP/[0-9.]+", re.ASCII)
+_NGINX_ESCAPE = re.compile(rb"\\x([0-9A-Fa-f]{2})")
+_HAPROXY_ESCAPE = re.compile(rb"#([0-9A-Fa-f]{2})")
+_GO_DURATION_PART = re.compile(r"([0-9]*\.?[0-9]+)(ns|us|µs|μs|ms|s|m|h)")
+_GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def split_request(request: str) -> tuple[str, str]:
+    """`"GET /v1/models HTTP/1.1"` -> ("GET", "/v1/models"); no method and URI -> ("", "")."""
+    parts = request.split(" ")
+    if len(parts) == 3 and parts[0] and parts[2].startswith("HTTP/"):
+        return parts[0], parts[1]
+    method, sep, rest = request.partition(" ")
+    if not sep or not method or not rest:
+        return "", ""
+    uri, sep, version = rest.rpartition(" ")
+    if sep and _HTTP_VERSION.fullmatch(version):
+        return method, uri
+    return method, rest  # HTTP/0.9, or a request line cut short
+
+
+def to_int(text: str | None) -> int | None:
+    """A non-negative decimal integer (ASCII digits only), else None."""
+    if text is None or len(text) > 20 or not text.isascii() or not text.isdigit():
+        return None
+    return int(text)
+
+
+def to_float(text: str | None) -> float | None:
+    if text is None or len(text) > 40:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def sum_of_times(text: str | None) -> float | None:
+    """nginx `$upstream_response_time`: `0.012`, `-`, `0.1, 0.2` or `0.1 : 0.2` (one per upstream tried)."""
+    if text is None or text in ABSENT:
+        return None
+    total = 0.0
+    seen = False
+    for part in text.replace(":", ",").split(","):
+        value = to_float(part.strip())
+        if value is not None:
+            total += value
+            seen = True
+    return total if seen else None
+
+
+def go_duration(text: str) -> float | None:
+    """Go's `time.Duration.String()` form (`52.453547ms`, `1m2.5s`) -> seconds."""
+    if not text or len(text) > 64:
+        return None
+    sign = -1.0 if text[0] == "-" else 1.0
+    pos = 1 if text[0] in "+-" else 0
+    if pos == len(text):
+        return None
+    total = 0.0
+    while pos < len(text):
+        m = _GO_DURATION_PART.match(text, pos)
+        if m is None:
+            return None
+        total += float(m.group(1)) * _GO_UNITS[m.group(2)]
+        pos = m.end()
+    return sign * total
+
+
+def unescape_nginx(text: str) -> str:
+    """Undo nginx's default log escaping (`"` -> `\\x22`, bytes >= 0x7f -> `\\xHH`)."""
+    if "\\x" not in text:
+        return text
+    raw = _NGINX_ESCAPE.sub(lambda m: bytes((int(m.group(1), 16),)), text.encode("utf-8", "surrogatepass"))
+    return raw.decode("utf-8", "replace")
+
+
+def unescape_haproxy(text: str) -> str:
+    """Undo HAProxy's log escaping of captures and the request (`"`, `#`, `{|}`, controls -> `#HH`)."""
+    if "#" not in text:
+        return text
+    raw = _HAPROXY_ESCAPE.sub(lambda m: bytes((int(m.group(1), 16),)), text.encode("utf-8", "surrogatepass"))
+    return raw.decode("utf-8", "replace")

@@ -1,0 +1,310 @@
+"""JSON access logs (one object per line): a field mapping of paths into the object -> a record.
+
+Rules:
+
+* A field maps to a path: dotted keys (`request.headers.User-Agent`), list indexes (`a.b[0]` or
+  `a.b.0`), and `|` between alternatives, the first present one wins (`DownstreamStatus|OriginStatus`).
+  A path with dots also matches a flat key spelled with those dots (`"http.request.method": ...`).
+  A list at the end of a path means its first element, an empty list means absent (Caddy writes
+  every header as a list, and a redacted `Authorization` as `[]`). `null`, `""` and `"-"` are absent,
+  except that a logged empty method or path (nginx's record of a request line it could not read)
+  gives method "" and path "", as in the nginx text format.
+* Fields: `ts`, `ip`, `method`, `path`, `status` (required; `request`, a whole `METHOD uri HTTP/x`
+  line, may stand in for `method` and `path`), `credential`, `bytes`, `duration`, `user_agent`,
+  `request_id`, `reason`, `forwarded_for` (accepted, informational only: the record's ip is never
+  taken from it), and the pseudo-field `duration_unit` (`s` default, `ms`, `us`, `ns`).
+  `fields` override a preset key by key; an empty path drops an optional field of the preset.
+* `ts` may be an epoch number (seconds, or ms/us/ns detected by size) or a string (ISO 8601,
+  epoch, `dd/Mon/yyyy:HH:MM:SS`). `duration` may be a number in `duration_unit` or a string, either
+  a number or a Go duration (`52.4ms`), as Caddy's `duration_format string` writes it.
+* A credential logged as `REDACTED` (Traefik's redact mode) counts as absent.
+* A line that is not a JSON object is unparsed (a blank line is skipped). An object without a
+  required field is unparsed, unless the preset recognises the program's own non-access lines:
+  Caddy's lines whose `msg` is not "handled request" (which also keeps `http.log.error` lines,
+  which repeat an access line's request, from being counted twice) and Traefik's lines without
+  any request field are skipped.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+import orjson
+
+from xinf_watch.formats.common import ABSENT, Parser, go_duration, split_request, to_float
+from xinf_watch.formats.timeparse import LastValueCache, epoch_seconds, parse_any
+from xinf_watch.model import LineResult, Record
+
+REQUIRED_FIELDS = ("ts", "ip", "method", "path", "status")
+OPTIONAL_FIELDS = (
+    "request", "credential", "bytes", "duration", "user_agent", "request_id", "reason", "forwarded_for",
+)  # fmt: skip
+DURATION_UNITS = MappingProxyType({"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9})
+
+_ABSENT_CREDENTIALS = frozenset(("", "-", "REDACTED"))
+_SEGMENT = re.compile(r"([^.\[\]]+)((?:\[-?[0-9]{1,9}\])*)")
+_INDEX = re.compile(r"\[(-?[0-9]{1,9})\]")
+_INTEGER = re.compile(r"-?[0-9]{1,9}")
+
+
+def _caddy_own_line(obj: dict[str, Any]) -> bool:
+    return obj.get("msg") != "handled request"
+
+
+def _traefik_own_line(obj: dict[str, Any]) -> bool:
+    return not any(key in obj for key in ("RequestMethod", "ClientHost", "DownstreamStatus", "OriginStatus"))
+
+
+@dataclass(frozen=True, slots=True)
+class JsonPreset:
+    fields: Mapping[str, str]
+    own_line: Callable[[dict[str, Any]], bool] | None = None  # the program's non-access lines: skipped
+
+
+JSON_PRESETS: Mapping[str, JsonPreset] = MappingProxyType(
+    {
+        "nginx-json": JsonPreset(
+            {
+                "ts": "time_iso8601|msec|time_local",
+                "ip": "remote_addr",
+                "method": "request_method",
+                "path": "request_uri|uri",
+                "status": "status",
+                "bytes": "body_bytes_sent|bytes_sent",
+                "duration": "request_time",
+                "credential": "http_authorization|http_x_api_key",
+                "user_agent": "http_user_agent",
+                "request_id": (
+                    "sent_http_x_request_id|upstream_http_x_request_id|request_id|http_x_request_id"
+                ),
+                "forwarded_for": "http_x_forwarded_for",
+            }
+        ),
+        "caddy": JsonPreset(
+            {
+                "ts": "ts",
+                "ip": "request.remote_ip",
+                "method": "request.method",
+                "path": "request.uri",
+                "status": "status",
+                "bytes": "size",
+                "duration": "duration",
+                "credential": "request.headers.Authorization|request.headers.X-Api-Key",
+                "user_agent": "request.headers.User-Agent",
+                "request_id": "resp_headers.X-Request-Id|request.headers.X-Request-Id",
+                "forwarded_for": "request.headers.X-Forwarded-For",
+            },
+            _caddy_own_line,
+        ),
+        "traefik": JsonPreset(
+            {
+                "ts": "StartUTC|time",
+                "ip": "ClientHost",
+                "method": "RequestMethod",
+                "path": "RequestPath",
+                "status": "DownstreamStatus|OriginStatus",
+                "bytes": "DownstreamContentSize",
+                "duration": "Duration",
+                "duration_unit": "ns",
+                "credential": "request_Authorization|request_X-Api-Key",
+                "user_agent": "request_User-Agent",
+                "request_id": "downstream_X-Request-Id|request_X-Request-Id",
+                "forwarded_for": "request_X-Forwarded-For",
+            },
+            _traefik_own_line,
+        ),
+    }
+)
+
+Step = tuple[str, int | None]  # a dict key, and the same as a list index when it is one
+Path = tuple[tuple[Step, ...], ...]  # alternatives
+
+
+def compile_path(spec: str, field: str) -> Path:
+    """`a.b[0]|c` -> alternatives of steps; ValueError for a malformed path."""
+    alternatives: list[tuple[Step, ...]] = []
+    for alternative in spec.split("|"):
+        steps: list[Step] = []
+        for segment in alternative.split("."):
+            m = _SEGMENT.fullmatch(segment)
+            if m is None:
+                raise ValueError(
+                    f"json fields: {field}: {spec!r} is not a path "
+                    "(expected e.g. request.headers.Authorization)"
+                )
+            key = m.group(1)
+            steps.append((key, int(key) if _INTEGER.fullmatch(key) else None))
+            steps.extend((index, int(index)) for index in _INDEX.findall(m.group(2)))
+        alternatives.append(tuple(steps))
+        if "." in alternative and "[" not in alternative:
+            alternatives.append(((alternative, None),))
+    return tuple(alternatives)
+
+
+def resolve(obj: dict[str, Any], path: Path) -> Any:
+    """The value at the first alternative that is present; a list gives its first element.
+
+    `""` and `"-"` count as absent, so that the next alternative is tried, but are returned when no
+    alternative has more: a logged empty method differs from a missing `method` key.
+    """
+    empty = None
+    for steps in path:
+        value: Any = obj
+        for key, index in steps:
+            if type(value) is dict:
+                value = value.get(key)
+            elif type(value) is list and index is not None and -len(value) <= index < len(value):
+                value = value[index]
+            else:
+                value = None
+                break
+        if type(value) is list:
+            value = value[0] if value else None
+        if value == "" or value == "-":
+            empty = value
+        elif value is not None:
+            return value
+    return empty
+
+
+def _text(value: Any) -> str | None:
+    if type(value) is str:
+        return value
+    if type(value) is int or type(value) is float:
+        return str(value)
+    return None
+
+
+def _optional_text(value: Any) -> str | None:
+    text = _text(value)
+    return None if text in ABSENT else text
+
+
+def _status(value: Any) -> int | None:
+    if type(value) is int:
+        return value if 0 <= value <= 999 else None
+    if type(value) is str and value.isascii() and value.isdigit() and len(value) <= 3:
+        return int(value)
+    if type(value) is float and value.is_integer() and 0 <= value <= 999:
+        return int(value)
+    return None
+
+
+def _bytes(value: Any) -> int | None:
+    if type(value) is int:
+        return value
+    if type(value) is str and value.isascii() and value.isdigit() and len(value) < 20:
+        return int(value)
+    if type(value) is float and math.isfinite(value):
+        return int(value)
+    return None
+
+
+def compile_json(preset: str | None, fields: Mapping[str, str] | None) -> Parser:
+    """A parser for JSON lines from a preset name and/or a field mapping; ValueError for bad settings."""
+    if preset is None and not fields:
+        raise ValueError(f"json format needs a preset ({', '.join(JSON_PRESETS)}) or fields")
+    chosen = None
+    if preset is not None:
+        chosen = JSON_PRESETS.get(preset)
+        if chosen is None:
+            raise ValueError(f"unknown json preset {preset!r} (expected one of {', '.join(JSON_PRESETS)})")
+    mapping = dict(chosen.fields) if chosen else {}
+    for field, spec in (fields or {}).items():
+        if field not in REQUIRED_FIELDS and field not in OPTIONAL_FIELDS and field != "duration_unit":
+            known = ", ".join((*REQUIRED_FIELDS, *OPTIONAL_FIELDS, "duration_unit"))
+            raise ValueError(f"json fields: unknown field {field!r} (expected one of {known})")
+        if not isinstance(spec, str):
+            raise ValueError(f"json fields: {field}: expected a path string, got {spec!r}")
+        mapping[field] = spec
+    missing = [field for field in REQUIRED_FIELDS if not mapping.get(field)]
+    if mapping.get("request"):
+        missing = [field for field in missing if field not in ("method", "path")]
+    if missing:
+        raise ValueError(
+            f"json fields: no path for {', '.join(missing)} (required: {', '.join(REQUIRED_FIELDS)})"
+        )
+    unit = mapping.pop("duration_unit", "") or "s"
+    if unit not in DURATION_UNITS:
+        raise ValueError(f"json fields: duration_unit {unit!r} (expected one of {', '.join(DURATION_UNITS)})")
+    paths = {field: compile_path(spec, field) for field, spec in mapping.items() if spec}
+    return _build_parser(paths, DURATION_UNITS[unit], chosen.own_line if chosen else None)
+
+
+def _build_parser(
+    paths: dict[str, Path], scale: float, own_line: Callable[[dict[str, Any]], bool] | None
+) -> Parser:
+    loads = orjson.loads
+    ts_text = LastValueCache(parse_any)
+    p_ts, p_ip, p_status = paths["ts"], paths["ip"], paths["status"]
+    p_method, p_path, p_request = paths.get("method"), paths.get("path"), paths.get("request")
+    p_credential, p_bytes, p_duration, p_user_agent, p_request_id, p_reason = (
+        paths.get(field)
+        for field in ("credential", "bytes", "duration", "user_agent", "request_id", "reason")
+    )
+
+    def timestamp(value: Any) -> float | None:
+        if type(value) is float or type(value) is int:
+            return epoch_seconds(value)
+        return ts_text(value) if type(value) is str else None
+
+    def duration(value: Any) -> float | None:
+        if type(value) is float or type(value) is int:
+            seconds = value * scale
+        elif type(value) is str:
+            number = to_float(value)
+            if number is None:
+                return go_duration(value)
+            seconds = number * scale
+        else:
+            return None
+        return seconds if math.isfinite(seconds) else None
+
+    def parse(line: str) -> Record | LineResult:
+        try:
+            obj = loads(line)
+        except orjson.JSONDecodeError:
+            return LineResult.SKIPPED if not line.strip() else LineResult.UNPARSED
+        if type(obj) is not dict:
+            return LineResult.UNPARSED
+        if own_line is not None and own_line(obj):
+            return LineResult.SKIPPED
+        ts = timestamp(resolve(obj, p_ts))
+        ip = _text(resolve(obj, p_ip))
+        if ip in ABSENT:
+            return LineResult.UNPARSED
+        method = _text(resolve(obj, p_method)) if p_method else None
+        path = _text(resolve(obj, p_path)) if p_path else None
+        if p_request and (method is None or path is None):
+            request = _text(resolve(obj, p_request))
+            if request is not None:
+                request_method, request_path = split_request(request)
+                method = request_method if method is None else method
+                path = request_path if path is None else path
+        status = _status(resolve(obj, p_status))
+        if ts is None or ip is None or method is None or path is None or status is None:
+            return LineResult.UNPARSED
+        # A request line nginx could not read is logged with an empty method and URI.
+        method = "" if method == "-" else method
+        path = "" if path == "-" else path
+        credential = _text(resolve(obj, p_credential)) if p_credential else None
+        return Record(
+            ts=ts,
+            ip=ip,
+            method=method,
+            path=path,
+            status=status,
+            credential=None if credential in _ABSENT_CREDENTIALS else credential,
+            bytes=_bytes(resolve(obj, p_bytes)) if p_bytes else None,
+            duration=duration(resolve(obj, p_duration)) if p_duration else None,
+            user_agent=_optional_text(resolve(obj, p_user_agent)) if p_user_agent else None,
+            request_id=_optional_text(resolve(obj, p_request_id)) if p_request_id else None,
+            reason=_optional_text(resolve(obj, p_reason)) if p_reason else None,
+        )
+
+    return parse

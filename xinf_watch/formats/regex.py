@@ -1,0 +1,94 @@
+"""User-supplied regular expressions with named groups, for access logs no other format reads.
+
+Rules:
+
+* Groups: `ts`, `ip`, `status`, and `path` or `request` (a whole `"METHOD uri HTTP/x"` request
+  line) are required; `method`, `credential`, `bytes`, `duration` (seconds), `user_agent`,
+  `request_id`, `reason` are optional. Any other group name is an error (it is most likely a typo that would
+  silently lose a field); use `(?:...)` for groups that are not fields.
+* The pattern must match the whole line (`fullmatch`); a line it does not match is unparsed, a
+  blank line skipped. A `ts` that no parser reads, or a `status` that is not a number, makes the
+  line unparsed; `-` and empty optional fields are absent.
+* `ts` is read best effort: epoch seconds (ms/us/ns by size), ISO 8601, or `dd/Mon/yyyy:HH:MM:SS`
+  with optional fraction and zone (nginx `$time_local`, HAProxy); the last value is cached.
+"""
+
+from __future__ import annotations
+
+import re
+
+from xinf_watch.formats.common import ABSENT, Parser, split_request, to_float, to_int
+from xinf_watch.formats.timeparse import LastValueCache, parse_any
+from xinf_watch.model import LineResult, Record
+
+GROUPS = (
+    "ts", "ip", "method", "path", "request", "status",
+    "credential", "bytes", "duration", "user_agent", "request_id", "reason",
+)  # fmt: skip
+
+
+def compile_regex(pattern: str | None) -> Parser:
+    """A parser for a user pattern; ValueError for a syntax error or missing/unknown groups."""
+    if not isinstance(pattern, str) or not pattern:
+        raise ValueError("regex format needs a pattern")
+    try:
+        compiled = re.compile(pattern)
+    except re.error as e:
+        raise ValueError(f"regex pattern does not compile: {e}") from None
+    names = compiled.groupindex
+    unknown = sorted(set(names) - set(GROUPS))
+    if unknown:
+        raise ValueError(
+            f"regex pattern: unknown group(s) {', '.join(unknown)} (expected {', '.join(GROUPS)})"
+        )
+    missing = [name for name in ("ts", "ip", "status") if name not in names]
+    if "path" not in names and "request" not in names:
+        missing.append("path (or request)")
+    if missing:
+        raise ValueError(f"regex pattern has no named group {', '.join(missing)}")
+    return _build_parser(compiled)
+
+
+def _build_parser(compiled: re.Pattern[str]) -> Parser:
+    fullmatch = compiled.fullmatch
+    has = set(compiled.groupindex)
+    ts_of = LastValueCache(parse_any)
+
+    def optional(groups: dict[str, str | None], name: str) -> str | None:
+        value = groups.get(name)
+        return None if value is None or value in ABSENT else value
+
+    def parse(line: str) -> Record | LineResult:
+        m = fullmatch(line)
+        if m is None:
+            return LineResult.UNPARSED if line.strip() else LineResult.SKIPPED
+        groups = m.groupdict()
+        ts_text, ip, status_text = groups["ts"], groups["ip"], groups["status"]
+        ts = ts_of(ts_text) if ts_text else None
+        if ts is None or not ip or not status_text or not status_text.isascii() or not status_text.isdigit():
+            return LineResult.UNPARSED
+        if len(status_text) > 3:
+            return LineResult.UNPARSED
+        path = groups.get("path")
+        method = groups.get("method")
+        if path is None or ("request" in has and method is None):
+            request = groups.get("request")
+            request_method, request_path = split_request(request) if request else ("", "")
+            path = request_path if path is None else path
+            method = request_method if method is None else method
+        duration = optional(groups, "duration")
+        return Record(
+            ts=ts,
+            ip=ip,
+            method=method or "",
+            path=path,
+            status=int(status_text),
+            credential=optional(groups, "credential"),
+            bytes=to_int(optional(groups, "bytes")),
+            duration=to_float(duration),
+            user_agent=optional(groups, "user_agent"),
+            request_id=optional(groups, "request_id"),
+            reason=optional(groups, "reason"),
+        )
+
+    return parse
