@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 from pydantic import ValidationInfo
 
+from xinf_watch.formats import jsonlog
 from xinf_watch.yamlsource import Problems, did_you_mean, not_one_of, show
 
 Network = IPv4Network | IPv6Network
@@ -38,10 +39,7 @@ EVENT_FIELDS = (
 )  # fmt: skip
 # The same lists as the parsers' (formats/jsonlog.py, formats/regex.py, formats/haproxy.py), so
 # that a mistake is reported here with its line rather than later without one.
-JSON_FIELDS = (
-    "ts", "ip", "method", "path", "status", "credential", "bytes", "duration", "user_agent", "request_id",
-    "forwarded_for", "duration_unit",
-)  # fmt: skip
+JSON_FIELDS = (*jsonlog.REQUIRED_FIELDS, *jsonlog.OPTIONAL_FIELDS, "duration_unit")
 HAPROXY_FIELDS = ("captures",)
 REGEX_GROUPS = (
     "ts", "ip", "method", "path", "request", "status", "credential", "bytes", "duration", "user_agent",

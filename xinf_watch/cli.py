@@ -1,0 +1,243 @@
+"""Command line: argv in, exit code out (DESIGN.md section 2).
+
+Every failure the user can cause ends as one clear line on stderr and exit code 2 (bad usage,
+invalid config) or 1 (runtime failure); a traceback only with `--debug`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from enum import IntEnum
+from pathlib import Path
+from typing import TextIO
+
+import orjson
+
+from xinf_watch import __version__
+from xinf_watch.config import Config, ConfigError, SourceConfig, empty_config, load_config
+from xinf_watch.keyfiles import KeyFileError, load_registry
+from xinf_watch.keys import KeyRegistry
+from xinf_watch.metrics import MetricsStore, StoreCollector, exposition
+from xinf_watch.pipeline import Pipeline
+from xinf_watch.rules import RuleEngine
+from xinf_watch.replay import ReplayInput, replay, source_files
+
+
+class Exit(IntEnum):
+    OK = 0
+    FAILURE = 1
+    USAGE = 2
+
+
+# --format shorthands: a preset name stands for its format plus that preset.
+FORMAT_SHORTHANDS: dict[str, tuple[str, str | None, str | None]] = {
+    # name: (format, nginx log_format preset, json preset)
+    "nginx": ("nginx", None, None),
+    "combined": ("nginx", "combined", None),
+    "combined_key": ("nginx", "combined_key", None),
+    "nginx-json": ("json", None, "nginx-json"),
+    "caddy": ("json", None, "caddy"),
+    "traefik": ("json", None, "traefik"),
+    "haproxy": ("haproxy", None, None),
+    "xinference": ("xinference", None, None),
+    "xinference-audit": ("xinference-audit", None, None),
+}
+
+
+class UsageError(Exception):
+    """Bad arguments that argparse cannot see (an unknown source name...)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="xinf-watch",
+        description="Per-key monitoring and alerting for Xinference and the gateways in front of it.",
+        epilog="Run `xinf-watch COMMAND --help` for the options of a command.",
+    )
+    parser.add_argument("--version", action="version", version=f"xinf-watch {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    check = commands.add_parser(
+        "check",
+        help="validate the config, key files and log formats",
+        description="Validate rules.yaml, the key files it names and its log formats. "
+        "Exit 0 when valid, 2 when not; every problem is one line naming file, line and field.",
+    )
+    check.add_argument("--rules", required=True, type=Path, metavar="FILE", help="the rules.yaml to check")
+
+    rp = commands.add_parser(
+        "replay",
+        help="process log files start to end and print the alerts",
+        description="Read log files start to end through the same stages as the daemon, with the "
+        "clock taken from the log timestamps. Prints alerts (or, with --events, every attributed "
+        "event) as JSON lines on stdout. Starts from empty state; never touches the state dir.",
+    )
+    rp.add_argument(
+        "--rules",
+        type=Path,
+        metavar="FILE",
+        help="rules.yaml (sources, keys, rules); without it: no keys, no rules, --format needed",
+    )
+    rp.add_argument(
+        "--source",
+        metavar="NAME",
+        help="read FILEs as this configured source (or name the ad-hoc --format source)",
+    )
+    rp.add_argument(
+        "--format",
+        dest="log_format_name",
+        metavar="F",
+        choices=sorted(FORMAT_SHORTHANDS),
+        help="read FILEs in this format: " + ", ".join(sorted(FORMAT_SHORTHANDS)),
+    )
+    rp.add_argument("--log-format", metavar="STRING", help="nginx log_format string for --format nginx")
+    rp.add_argument("--events", action="store_true", help="print every attributed event instead of alerts")
+    rp.add_argument(
+        "--metrics-out", type=Path, metavar="FILE", help="write the final Prometheus text exposition to FILE"
+    )
+    rp.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    rp.add_argument(
+        "files",
+        nargs="*",
+        type=Path,
+        metavar="FILE",
+        help="log files (gzip read transparently); default: the configured sources' files",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return Exit.USAGE
+    try:
+        if args.command == "check":
+            return cmd_check(args, sys.stdout)
+        return cmd_replay(args, sys.stdout)
+    except (ConfigError, KeyFileError) as exc:
+        if args.debug:
+            raise
+        for line in str(exc).splitlines():
+            print(line, file=sys.stderr)
+        return Exit.USAGE
+    except UsageError as exc:
+        if args.debug:
+            raise
+        print(f"xinf-watch: {exc}", file=sys.stderr)
+        return Exit.USAGE
+    except OSError as exc:
+        if args.debug:
+            raise
+        print(f"xinf-watch: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        return Exit.FAILURE
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # stdout closed early (`| head`): not an error; keep Python from complaining at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return Exit.OK
+
+
+def load_everything(rules: Path) -> tuple[Config, KeyRegistry]:
+    """Config and key registry, with the errors of both reported together."""
+    errors: list[str] = []
+    config = load_config(rules)
+    try:
+        registry = load_registry(config.keys)
+    except KeyFileError as exc:
+        errors.append(str(exc))
+        registry = KeyRegistry(())
+    try:
+        Pipeline.build(config, registry)
+    except ConfigError as exc:
+        errors.extend(exc.errors)
+    if errors:
+        raise ConfigError(tuple(errors))
+    return config, registry
+
+
+def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
+    config, registry = load_everything(args.rules)
+    for source in config.sources:
+        if not source_files(source.path):
+            print(
+                f"{args.rules}: note: source {source.name!r}: {source.path} matches no file yet",
+                file=sys.stderr,
+            )
+    out.write(
+        f"{args.rules}: ok: {len(config.sources)} sources, {len(registry)} keys, {len(config.rules)} rules\n"
+    )
+    return Exit.OK
+
+
+def replay_inputs(args: argparse.Namespace, config: Config) -> tuple[list[ReplayInput], list[SourceConfig]]:
+    """Which files to read as which source; an ad-hoc source when --format names one."""
+    names = [s.name for s in config.sources]
+    if args.log_format_name:
+        fmt, nginx_preset, json_preset = FORMAT_SHORTHANDS[args.log_format_name]
+        name = args.source or "replay"
+        if name in names:
+            raise UsageError(f"--source {name!r} is a configured source; drop --format to use its settings")
+        if not args.files:
+            raise UsageError("--format reads the FILEs given on the command line; name at least one")
+        adhoc = SourceConfig(
+            name=name,
+            path="",
+            format=fmt,
+            log_format=args.log_format or nginx_preset,
+            preset=json_preset,
+        )
+        return [ReplayInput(name, f) for f in args.files], [adhoc]
+    if args.source is not None and args.source not in names:
+        raise UsageError(
+            f"--source {args.source!r} is not in {config.path.name} (sources: {', '.join(names)})"
+        )
+    if args.files:
+        if args.source is None and len(names) != 1:
+            raise UsageError(
+                "say which source the files are with --source NAME (or their format with --format F)"
+                if names
+                else "no source configured: say the files' format with --format F"
+            )
+        return [ReplayInput(args.source or names[0], f) for f in args.files], []
+    selected = [s for s in config.sources if args.source in (None, s.name)]
+    inputs = [ReplayInput(s.name, f) for s in selected for f in source_files(s.path)]
+    if not inputs:
+        raise UsageError("no file to replay: the sources' paths match nothing; name FILEs")
+    return inputs, []
+
+
+def cmd_replay(args: argparse.Namespace, out: TextIO) -> int:
+    if args.rules is not None:
+        config, registry = load_everything(args.rules)
+    else:
+        config, registry = empty_config(), KeyRegistry(())
+    inputs, extra = replay_inputs(args, config)
+    for item in inputs:
+        if not item.path.is_file():
+            raise UsageError(f"{item.path}: no such file")
+    store = MetricsStore()
+    pipeline = Pipeline.build(config, registry, store, extra_sources=extra)
+    pipeline.engine = RuleEngine(config.rules, pipeline.current_registry,
+                                 sources=[s.name for s in (*config.sources, *extra)])
+
+    def write(obj: dict[str, object]) -> None:
+        out.write(orjson.dumps(obj).decode() + "\n")
+
+    replay(
+        pipeline,
+        inputs,
+        on_event=(lambda e: write(e.to_json())) if args.events else None,
+        on_alert=None if args.events else (lambda a: write(a.to_json())),
+        progress=None if args.quiet else sys.stderr,
+    )
+    if args.metrics_out is not None:
+        collector = StoreCollector(store, pipeline.current_registry, now=lambda: store.last_event_ts)
+        args.metrics_out.write_bytes(exposition([collector]))
+    return Exit.OK
