@@ -7,6 +7,7 @@ invalid config) or 1 (runtime failure); a traceback only with `--debug`.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -61,6 +62,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
+    run = commands.add_parser(
+        "run", help="run the daemon in the foreground (the default: `xinf-watch --rules FILE`)",
+        description="Follow the configured log files, export metrics, raise alerts. Stops cleanly on "
+        "SIGTERM/SIGINT; SIGHUP reloads rules.yaml and the key files (a broken new config is refused "
+        "and the running one kept).",
+    )
+    run.add_argument("--rules", required=True, type=Path, metavar="FILE", help="the rules.yaml to run")
+    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                     help="log verbosity on stderr (default: info)")
+
     check = commands.add_parser(
         "check",
         help="validate the config, key files and log formats",
@@ -110,13 +121,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+COMMANDS = ("run", "check", "replay")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--rules" in argv and not any(a in COMMANDS for a in argv):
+        argv.insert(0, "run")  # `xinf-watch --rules rules.yaml` runs the daemon
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)
         return Exit.USAGE
     try:
+        if args.command == "run":
+            return cmd_run(args)
         if args.command == "check":
             return cmd_check(args, sys.stdout)
         return cmd_replay(args, sys.stdout)
@@ -160,6 +179,14 @@ def load_everything(rules: Path) -> tuple[Config, KeyRegistry]:
     if errors:
         raise ConfigError(tuple(errors))
     return config, registry
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from xinf_watch.daemon import run_daemon  # the daemon's imports (watchfiles, threads) only here
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(message)s", stream=sys.stderr)
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)  # it logs every change at INFO
+    return run_daemon(args.rules)
 
 
 def cmd_check(args: argparse.Namespace, out: TextIO) -> int:

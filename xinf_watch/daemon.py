@@ -1,0 +1,378 @@
+"""The live daemon: wires the stages to I/O (DESIGN.md sections 1 and 8).
+
+One main loop owns the pipeline. It wakes when watchfiles reports a change in a watched directory
+(or after `WAKE_EVERY` at the latest), polls every source's tailer within a byte budget, feeds the
+lines through the pipeline, and commits read positions, metric counters, rule state and new
+alerts in one SQLite transaction. A restart, or a `kill -9`, resumes from the last commit: lines
+after it are read again into state that has not seen them, so nothing is counted twice or lost.
+
+Around the loop:
+- a metrics HTTP server thread (prometheus-client) serves `/metrics` from the committed and
+  in-flight counters, under the same lock the loop holds while it processes a batch;
+- a sender thread delivers the outbox (alerts.Deliverer); the loop only wakes it;
+- signal handlers only record requests: SIGTERM/SIGINT stop after the current batch, SIGHUP
+  reloads. Reload is build-then-swap: a config or key file that fails to load leaves the running
+  one in place, says why, and is counted;
+- systemd: READY once state is loaded and the port is open, RELOADING/READY around a reload,
+  STATUS with the line rate, WATCHDOG only while the loop turns, STOPPING on the way out.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import watchfiles
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from xinf_watch.alerts import AlertJournal, Deliverer, build_targets, targets_for
+from xinf_watch.config import Config, ConfigError, SourceConfig, load_config
+from xinf_watch.keyfiles import KeyFileError, KeySources
+from xinf_watch.keys import KeyRegistry
+from xinf_watch.metrics import MetricsStore, StoreCollector
+from xinf_watch.model import Alert
+from xinf_watch.pipeline import Pipeline
+from xinf_watch.rules import RuleEngine
+from xinf_watch.service import MetricsServer, Notifier
+from xinf_watch.state import Outbox, StateStore
+from xinf_watch.tail import FileIdentity, Position, SourceTailer
+
+log = logging.getLogger("xinf_watch")
+
+WAKE_EVERY = 0.25  # seconds: the longest the loop sleeps without a file event
+COMMIT_EVERY = 0.1  # seconds between commits while lines keep coming (alerts commit at once)
+BUDGET_BYTES = 4 << 20  # per source per turn, so one busy source cannot starve the others
+KEYS_CHECK_EVERY = 1.0
+
+
+def position_to_json(p: Position) -> dict[str, Any]:
+    i = p.identity
+    return {"path": p.path, "dev": i.dev, "ino": i.ino, "fingerprint": i.fingerprint,
+            "fingerprint_len": i.fingerprint_len, "offset": p.offset}
+
+
+def position_from_json(d: dict[str, Any]) -> Position:
+    identity = FileIdentity(int(d["dev"]), int(d["ino"]), str(d["fingerprint"]), int(d["fingerprint_len"]))
+    return Position(str(d["path"]), identity, int(d["offset"]))
+
+
+@dataclass
+class LoopStats:
+    """The daemon's own counters (xinf_watch_* beyond what MetricsStore holds)."""
+
+    truncations: dict[str, int] = field(default_factory=dict)
+    files_open: dict[str, int] = field(default_factory=dict)
+    last_event_ts: dict[str, float] = field(default_factory=dict)
+    reloads: dict[str, int] = field(default_factory=dict)
+    batch_seconds_sum: float = 0.0
+    batches: int = 0
+    lines: int = 0
+    evicted: dict[str, int] = field(default_factory=dict)
+
+
+class DaemonCollector(Collector):
+    """Self-metrics of the loop, and the store's families, read under the loop's lock."""
+
+    def __init__(self, lock: threading.Lock, store: StoreCollector, stats: LoopStats) -> None:
+        self.lock, self.store, self.stats = lock, store, stats
+
+    def collect(self) -> Iterator[Metric]:
+        with self.lock:
+            families = list(self.store.collect())
+            s = self.stats
+            truncations = CounterMetricFamily("xinf_watch_truncations", "Truncations seen (copytruncate or "
+                                              "a file emptied in place).", labels=("source",))
+            files = GaugeMetricFamily("xinf_watch_files_open", "Files held open.", labels=("source",))
+            last = GaugeMetricFamily("xinf_watch_last_event_timestamp_seconds",
+                                     "Log time of the last record read, by source.", labels=("source",))
+            for name in sorted(s.files_open):
+                truncations.add_metric((name,), s.truncations.get(name, 0))
+                files.add_metric((name,), s.files_open[name])
+            for name, ts in sorted(s.last_event_ts.items()):
+                last.add_metric((name,), ts)
+            reloads = CounterMetricFamily("xinf_watch_config_reloads", "Config reloads, by result.",
+                                          labels=("result",))
+            for result in ("success", "failure"):
+                reloads.add_metric((result,), s.reloads.get(result, 0))
+            batch = CounterMetricFamily("xinf_watch_batch_duration_seconds",
+                                        "Time spent processing batches (sum; rate / batches = mean).")
+            batch.add_metric((), s.batch_seconds_sum)
+            batches = CounterMetricFamily("xinf_watch_batches", "Batches processed.")
+            batches.add_metric((), s.batches)
+            evicted = CounterMetricFamily("xinf_watch_rule_state_evicted", "Rule groups or values "
+                                          "forgotten because a rule's memory cap was reached.", labels=("rule",))
+            for rule, n in sorted(s.evicted.items()):
+                evicted.add_metric((rule,), n)
+        yield from families
+        yield from (truncations, files, last, reloads, batch, batches, evicted)
+
+
+class Daemon:
+    def __init__(self, rules_path: Path, notifier: Notifier | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.rules_path = rules_path
+        self.notifier = notifier or Notifier()
+        self.clock = clock
+        self.stop = threading.Event()
+        self.reload_requested = False
+        self.lock = threading.Lock()
+        self.stats = LoopStats()
+        self.sender_wake = threading.Event()
+        self._dirty = True  # uncommitted lines since the last commit (first start: commit once)
+        self._last_event_seen = 0.0
+        self._last_event_wall = 0.0
+
+    # -- signals: record the request, the loop acts on it --------------------------------------
+
+    def _on_stop(self, signum: int, _frame: Any) -> None:
+        log.info("received %s, stopping after the current batch", signal.Signals(signum).name)
+        self.stop.set()
+
+    def _on_hup(self, _signum: int, _frame: Any) -> None:
+        self.reload_requested = True
+
+    # -- startup --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Load config, keys and state, open the port, start the sender. Raises on a bad config."""
+        self.config = load_config(self.rules_path)
+        self.key_sources = KeySources(self.config.keys)
+        self.registry = self.key_sources.load()
+        self.state = StateStore(self.config.state.dir, log=log.error)
+        checkpoint = self.state.load()
+        self.store = MetricsStore()
+        self.store.restore(checkpoint.blobs.get("metrics", {}))
+        self.pipeline = Pipeline.build(self.config, self.registry, self.store, engine=None)
+        self.pipeline.engine = self._engine(self.config, checkpoint.blobs.get("rules"))
+        self.tailers = {
+            s.name: self._tailer(s, checkpoint.positions.get(s.name)) for s in self.config.sources
+        }
+        self.journal = AlertJournal(self.config.state.dir / "alerts.jsonl")
+        registry = CollectorRegistry(auto_describe=False)
+        store_collector = StoreCollector(self.store, self.pipeline.current_registry, now=self.clock)
+        registry.register(DaemonCollector(self.lock, store_collector, self.stats))
+        self.server = MetricsServer(self.config.metrics.host, self.config.metrics.port, registry)
+        self.outbox = Outbox(self.config.state.dir)
+        self.deliverer = Deliverer(self.outbox, self._targets(self.config), self._count_notification,
+                                   now=self.clock, log=log.warning)
+        self.sender = threading.Thread(target=self.deliverer.run, args=(self.stop, self.sender_wake),
+                                       name="xinf-watch-sender", daemon=True)
+        self.sender.start()
+        log.info("xinf-watch: %d sources, %d keys, %d rules; metrics on http://%s/metrics; state in %s",
+                 len(self.config.sources), len(self.registry), len(self.config.rules),
+                 self.server.address, self.config.state.dir)
+
+    def _engine(self, config: Config, snapshot: Any) -> RuleEngine:
+        engine = RuleEngine(config.rules, self.pipeline.current_registry, [s.name for s in config.sources])
+        if snapshot and hasattr(engine, "restore"):
+            engine.restore(snapshot)
+        return engine
+
+    def _tailer(self, source: SourceConfig, saved: list[dict[str, Any]] | None) -> SourceTailer:
+        positions = [position_from_json(p) for p in saved or ()]
+        # A source known from an earlier run reads every file it has not seen from the start.
+        start_at = "beginning" if saved is not None else source.start_at
+        return SourceTailer(source.name, source.path, start_at=start_at, positions=positions,
+                            log=log.warning)
+
+    def _targets(self, config: Config) -> dict[str, Any]:
+        url = config.alertmanager.url if config.alertmanager else None
+        return build_targets(config.notify, url)
+
+    def _count_notification(self, target: str, sent: bool) -> None:
+        with self.lock:
+            self.store.count_notification(target, sent)
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_hup)
+        self.turn(force_commit=True)  # first read (start_at) before saying READY
+        self.notifier.ready(f"watching {len(self.tailers)} sources")
+        last_commit = last_status = last_keys = self.clock()
+        lines_at_status = 0
+        while not self.stop.is_set():
+            for _changes in self._wakeups():
+                if self.stop.is_set() or self.reload_requested:
+                    break
+                now = self.clock()
+                committed = self.turn(force_commit=now - last_commit >= COMMIT_EVERY)
+                if committed:
+                    last_commit = now
+                if now - last_keys >= KEYS_CHECK_EVERY:
+                    last_keys = now
+                    self._reload_keys_if_changed()
+                self.notifier.watchdog()
+                if now - last_status >= 5.0:
+                    rate = (self.stats.lines - lines_at_status) / (now - last_status)
+                    self.notifier.status(f"{rate:,.0f} lines/s, outbox {self.store.outbox_pending}")
+                    last_status, lines_at_status = now, self.stats.lines
+            if self.reload_requested:
+                self.reload_requested = False
+                self.reload()
+        self.notifier.stopping()
+        self.turn(force_commit=True)
+        self.close()
+
+    def _wakeups(self) -> Iterator[set[Any]]:
+        """watchfiles change sets, or an empty set every WAKE_EVERY; ends when the dirs to watch change."""
+        dirs = self._watch_dirs()
+        if not dirs:
+            while not self.stop.is_set() and not self.reload_requested:
+                yield set()
+                self.stop.wait(WAKE_EVERY)
+            return
+        for changes in watchfiles.watch(*dirs, stop_event=self.stop, yield_on_timeout=True, debounce=10,
+                                        step=10, rust_timeout=int(WAKE_EVERY * 1000), recursive=False,
+                                        raise_interrupt=False, ignore_permission_denied=True):
+            yield changes
+            if self._watch_dirs() != dirs:
+                return
+
+    def _watch_dirs(self) -> list[str]:
+        dirs: set[Path] = set()
+        for tailer in self.tailers.values():
+            dirs.update(tailer.watch_paths())
+        return sorted(str(d) for d in dirs if d.is_dir())
+
+    def turn(self, force_commit: bool = False) -> bool:
+        """Read what is there, process it, commit when due or when alerts wait. True if committed."""
+        started = time.perf_counter()
+        alerts: list[Alert] = []
+        lines = 0
+        with self.lock:
+            for name, tailer in self.tailers.items():
+                for batch in tailer.poll(BUDGET_BYTES):
+                    for line in batch.lines:
+                        alerts.extend(self.pipeline.process_line(name, line))
+                    lines += len(batch.lines)
+                self._tailer_stats(name, tailer)
+            rule_now = self._event_clock()
+            if rule_now is not None:
+                alerts.extend(self.pipeline.advance(rule_now))
+            self.stats.lines += lines
+            if lines:
+                self.stats.batches += 1
+                self.stats.batch_seconds_sum += time.perf_counter() - started
+            engine = self.pipeline.engine
+            if isinstance(engine, RuleEngine):
+                self.stats.evicted = engine.evicted
+            self._dirty = self._dirty or lines > 0
+            if not alerts and not (force_commit and self._dirty):
+                return False
+            self._commit(alerts)
+        if alerts:
+            self.journal.append(alerts)
+            self.sender_wake.set()
+        return True
+
+    def _event_clock(self) -> float | None:
+        """Rule time: the log's own time, moved on by the wall clock while no line arrives.
+
+        Live, log time and wall time agree; for logs written with older timestamps (a backlog,
+        a test appending recorded lines) rules still see the spacing of the log, as in `replay`.
+        None until the first line ever: rule time starts with the logs (so `absent` fires once
+        some source has written, for the sources that then stay silent).
+        """
+        now = self.clock()
+        last = self.store.last_event_ts
+        if not last:
+            return None
+        if last != self._last_event_seen:
+            self._last_event_seen, self._last_event_wall = last, now
+        return last + max(0.0, now - self._last_event_wall)
+
+    def _tailer_stats(self, name: str, tailer: SourceTailer) -> None:
+        rotations_seen = self.store.rotations.get(name, 0)
+        if tailer.rotations > rotations_seen:
+            self.store.rotations[name] = tailer.rotations
+        self.store.source_lag[name] = tailer.lag_bytes()
+        self.stats.truncations[name] = tailer.truncations
+        self.stats.files_open[name] = tailer.files_open()
+
+    def _commit(self, alerts: list[Alert]) -> None:
+        config = self.config
+        url = config.alertmanager.url if config.alertmanager else None
+        notify = {r.name: r.notify for r in config.rules}
+        engine = self.pipeline.engine
+        blobs: dict[str, Any] = {"metrics": self.store.snapshot()}
+        if hasattr(engine, "snapshot"):
+            blobs["rules"] = engine.snapshot()  # type: ignore[union-attr]
+        self.state.commit(
+            {name: [position_to_json(p) for p in t.positions()] for name, t in self.tailers.items()},
+            blobs,
+            [(a, targets_for(notify.get(a.rule, ()), config.notify, url)) for a in alerts],
+        )
+        self.store.outbox_pending = self.outbox.pending()
+        self._dirty = False
+
+    # -- reload ---------------------------------------------------------------------------------
+
+    def reload(self) -> None:
+        self.notifier.reloading()
+        try:
+            config = load_config(self.rules_path)
+            key_sources = KeySources(config.keys)
+            registry = key_sources.load()
+            pipeline = Pipeline.build(config, registry, self.store, engine=None)
+            targets = self._targets(config)
+        except (ConfigError, KeyFileError, ValueError) as exc:
+            self.stats.reloads["failure"] = self.stats.reloads.get("failure", 0) + 1
+            log.error("reload failed, keeping the running config:\n%s", exc)
+            self.notifier.ready("reload failed, running the previous config")
+            return
+        with self.lock:
+            old_engine = self.pipeline.engine
+            self.config, self.key_sources, self.registry = config, key_sources, registry
+            self.pipeline = pipeline
+            snapshot = old_engine.snapshot() if hasattr(old_engine, "snapshot") else None  # type: ignore[union-attr]
+            pipeline.engine = self._engine(config, snapshot)
+            kept = {s.name: self.tailers[s.name] for s in config.sources if s.name in self.tailers
+                    and self.tailers[s.name].pattern == s.path}
+            for name, tailer in self.tailers.items():
+                if name not in kept:
+                    tailer.close()
+            self.tailers = {s.name: kept.get(s.name) or self._tailer(s, None) for s in config.sources}
+            self.deliverer.set_targets(targets)
+        self.stats.reloads["success"] = self.stats.reloads.get("success", 0) + 1
+        log.info("reloaded %s: %d sources, %d keys, %d rules", self.rules_path, len(config.sources),
+                 len(registry), len(config.rules))
+        self.notifier.ready("reloaded")
+
+    def _reload_keys_if_changed(self) -> None:
+        try:
+            registry = self.key_sources.reload_if_changed()
+        except KeyFileError as exc:
+            log.error("key files changed but cannot be loaded, keeping the previous keys: %s", exc)
+            return
+        if registry is not None:
+            with self.lock:
+                self.registry = registry
+                self.pipeline.registry = registry
+            log.info("key files changed: %d keys", len(registry))
+
+    def close(self) -> None:
+        self.sender_wake.set()
+        self.sender.join(timeout=5)
+        self.server.close()
+        for tailer in self.tailers.values():
+            tailer.close()
+        self.outbox.close()
+        self.state.close()
+
+
+def run_daemon(rules_path: Path) -> int:
+    daemon = Daemon(rules_path)
+    daemon.start()
+    daemon.run()
+    log.info("stopped")
+    return 0
