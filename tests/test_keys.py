@@ -18,14 +18,8 @@ from hypothesis import strategies as st
 from paths import FIXTURES
 
 from xinf_watch import keys as keys_module
-from xinf_watch.keys import (
-    Attribution,
-    KeyEntry,
-    KeyFileError,
-    KeyRegistry,
-    UserEntry,
-    load_registry,
-)
+from xinf_watch.keyfiles import KeyFileError, load_registry
+from xinf_watch.keys import Attribution, KeyEntry, KeyRegistry, UserEntry
 from xinf_watch.model import CredentialKind, KeyHint, KeyState
 
 SET_A = [FIXTURES / "config" / "auth.json", FIXTURES / "keys.yaml"]
@@ -547,7 +541,7 @@ def test_key_file_errors_are_one_line_with_file_line_and_field(
          "auth.json: user_config[1].api_keys[0]: the same key as user_config[0].api_keys[0]"),
         ("auth.json", '{"user_config": [{"username": "a",\n "api_keys": ["sk-Yn9ggOg8DoIku" "x"]}]}',
          "auth.json:2: invalid JSON: Expecting"),
-        ("auth.db", None, "auth.db: Xinference's auth.db is not supported yet"),
+        ("auth.db", None, "auth.db: cannot read auth.db (SQLITE_NOTADB: file is not a database)"),
         ("missing.yaml", "", "missing.yaml: cannot read key file (No such file or directory)"),
         ("latin1.yaml", b"keys: \xe9", "latin1.yaml: not UTF-8 text"),
     ],
