@@ -80,6 +80,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--rules", required=True, type=Path, metavar="FILE", help="the rules.yaml to check")
 
+    demo = commands.add_parser(
+        "demo", help="a live daemon on simulated gateway traffic, nothing to set up",
+        description="Start the real daemon with the shipped rules on a temporary directory, append "
+        "simulated nginx traffic with incidents, and print the alerts as they fire.",
+    )
+    demo.add_argument("--duration", type=float, default=45.0, metavar="SECONDS",
+                      help="how long to run (default 45; Ctrl-C stops earlier)")
+    demo.add_argument("--port", type=int, metavar="PORT", help="metrics port (default: a free one)")
+
     rp = commands.add_parser(
         "replay",
         help="process log files start to end and print the alerts",
@@ -121,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = ("run", "check", "replay")
+COMMANDS = ("run", "check", "replay", "demo")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -138,6 +147,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_run(args)
         if args.command == "check":
             return cmd_check(args, sys.stdout)
+        if args.command == "demo":
+            from xinf_watch.demo import run_demo
+
+            return run_demo(args.duration, args.port)
         return cmd_replay(args, sys.stdout)
     except (ConfigError, KeyFileError) as exc:
         if args.debug:

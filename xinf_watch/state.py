@@ -1,4 +1,4 @@
-"""The state database: one SQLite file, `state.db` in the state dir. The only module that imports sqlite3.
+"""The state database: one SQLite file, `state.db` in the state dir (authdb.py only reads Xinference's).
 
 It holds what a restart resumes from (DESIGN.md section 8): the read positions of every source, named
 JSON blobs (metric counters, rule state, ...) and the outbox of alert deliveries. `StateStore.commit`
