@@ -23,8 +23,8 @@ from xinf_watch.keyfiles import KeyFileError, load_registry
 from xinf_watch.keys import KeyRegistry
 from xinf_watch.metrics import MetricsStore, StoreCollector, exposition
 from xinf_watch.pipeline import Pipeline
-from xinf_watch.rules import RuleEngine
 from xinf_watch.replay import ReplayInput, replay, source_files
+from xinf_watch.rules import RuleEngine
 
 
 class Exit(IntEnum):

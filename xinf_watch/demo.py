@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
@@ -28,6 +29,16 @@ from xinf_watch.model import format_ts
 
 SHIPPED_RULES = Path(__file__).resolve().parent / "data" / "rules.yaml"  # rules/rules.yaml, packaged
 AGENT = "OpenAI/Python 1.82.0"
+
+
+@dataclass(frozen=True, slots=True)
+class DemoKey:
+    key: str
+    owner: str
+    homes: tuple[str, ...]
+    expires_in_days: float = 365
+    revoked: bool = False
+    allowed_ips: tuple[str, ...] = ()
 
 
 def _key(rng: random.Random, prefix: str, length: int) -> str:
@@ -40,27 +51,25 @@ class Traffic:
     def __init__(self, seed: int = 1) -> None:
         self.rng = random.Random(seed)
         rng = self.rng
-        # alias -> (key, owner, home addresses, keys.yaml extras)
         self.keys = {
-            "chatbot-prod": (_key(rng, "sk-", 13), "chatbot", ["10.1.0.21", "10.1.0.22"], {}),
-            "etl-embed": (_key(rng, "sk-", 13), "etl", ["10.1.0.61"], {"expires_in_days": 3}),
-            "finance-bot": (_key(rng, "xf-", 48), "finance", ["10.1.0.66"], {"allowed_ips": ["10.1.0.64/28"]}),
-            "old-laptop": (_key(rng, "xf-", 48), "analyst", ["10.1.0.45"], {"revoked": True}),
-            "archive-job": (_key(rng, "sk-", 13), "etl", ["10.1.0.64"], {"expires_in_days": -20}),
+            "chatbot-prod": DemoKey(_key(rng, "sk-", 13), "chatbot", ("10.1.0.21", "10.1.0.22")),
+            "etl-embed": DemoKey(_key(rng, "sk-", 13), "etl", ("10.1.0.61",), expires_in_days=3),
+            "finance-bot": DemoKey(_key(rng, "xf-", 48), "finance", ("10.1.0.66",),
+                                   allowed_ips=("10.1.0.64/28",)),
+            "old-laptop": DemoKey(_key(rng, "xf-", 48), "analyst", ("10.1.0.45",), revoked=True),
+            "archive-job": DemoKey(_key(rng, "sk-", 13), "etl", ("10.1.0.64",), expires_in_days=-20),
         }
 
     def keys_yaml(self, now: float) -> str:
         entries = []
-        for alias, (key, owner, _homes, extra) in self.keys.items():
-            entry: dict[str, object] = {"key": key, "alias": alias, "owner": owner,
-                                        "permissions": ["models:list", "models:read"],
-                                        "created_at": format_ts(now - 90 * 86400)}
-            days = extra.get("expires_in_days", 365)
-            entry["expires_at"] = format_ts(now + float(days) * 86400)  # type: ignore[arg-type]
-            if extra.get("revoked"):
-                entry["revoked"] = True
-            if "allowed_ips" in extra:
-                entry["allowed_ips"] = extra["allowed_ips"]
+        for alias, k in self.keys.items():
+            entry: dict[str, object] = {
+                "key": k.key, "alias": alias, "owner": k.owner, "permissions": ["models:list", "models:read"],
+                "created_at": format_ts(now - 90 * 86400),
+                "expires_at": format_ts(now + k.expires_in_days * 86400), "revoked": k.revoked,
+            }
+            if k.allowed_ips:
+                entry["allowed_ips"] = list(k.allowed_ips)
             entries.append(entry)
         return yaml.safe_dump({"keys": entries}, sort_keys=False)
 
@@ -73,10 +82,10 @@ class Traffic:
 
     def normal(self) -> str:
         alias = self.rng.choice(["chatbot-prod", "chatbot-prod", "etl-embed", "finance-bot"])
-        key, _owner, homes, _ = self.keys[alias]
+        demo_key = self.keys[alias]
         method, path = self.rng.choice([("GET", "/v1/models"), ("POST", "/v1/chat/completions"),
                                         ("POST", "/v1/embeddings")])
-        return self.line(self.rng.choice(homes), method, path, 200, f"Bearer {key}")
+        return self.line(self.rng.choice(demo_key.homes), method, path, 200, f"Bearer {demo_key.key}")
 
     def incidents(self) -> Iterator[tuple[str, list[str]]]:
         """(what happens, the lines it writes), in the order the demo plays them."""
@@ -87,15 +96,15 @@ class Traffic:
             self.line("198.51.100.9", "GET", "/v1/models", 401, f"Bearer {_key(self.rng, 'sk-', 13)}")
             for _ in range(25)]
         yield "a revoked key is used", [
-            self.line("10.1.0.45", "GET", "/v1/models", 401, f"Bearer {k['old-laptop'][0]}")]
+            self.line("10.1.0.45", "GET", "/v1/models", 401, f"Bearer {k['old-laptop'].key}")]
         yield "an expired key still gets answers", [
-            self.line("10.1.0.64", "GET", "/v1/models", 200, f"Bearer {k['archive-job'][0]}")]
+            self.line("10.1.0.64", "GET", "/v1/models", 200, f"Bearer {k['archive-job'].key}")]
         yield "chatbot-prod shows up from a new address", [
-            self.line("192.0.2.50", "POST", "/v1/chat/completions", 200, f"Bearer {k['chatbot-prod'][0]}")]
+            self.line("192.0.2.50", "POST", "/v1/chat/completions", 200, f"Bearer {k['chatbot-prod'].key}")]
         yield "finance-bot used outside its allowed_ips", [
-            self.line("10.9.9.9", "GET", "/v1/models", 200, f"Bearer {k['finance-bot'][0]}")]
+            self.line("10.9.9.9", "GET", "/v1/models", 200, f"Bearer {k['finance-bot'].key}")]
         yield "a chat key tries to launch a model", [
-            self.line("10.1.0.21", "POST", "/v1/models", 403, f"Bearer {k['chatbot-prod'][0]}")]
+            self.line("10.1.0.21", "POST", "/v1/models", 403, f"Bearer {k['chatbot-prod'].key}")]
         yield "the WebUI is opened from outside", [
             self.line("203.0.113.99", "GET", "/", 200, None),
             self.line("203.0.113.99", "GET", "/_next/static/chunks/main.js", 200, None)]

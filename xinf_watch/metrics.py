@@ -124,16 +124,16 @@ class MetricsStore:
         }
 
     def restore(self, data: dict[str, Any]) -> None:
-        self.requests = {tuple(k): v for k, v in data.get("requests", [])}  # type: ignore[misc]
-        self.response_bytes = {tuple(k): v for k, v in data.get("response_bytes", [])}  # type: ignore[misc]
-        self.durations = {tuple(k): list(v) for k, v in data.get("durations", [])}  # type: ignore[misc]
-        self.lines = {tuple(k): v for k, v in data.get("lines", [])}  # type: ignore[misc]
+        self.requests = {tuple(k): v for k, v in data.get("requests", [])}
+        self.response_bytes = {tuple(k): v for k, v in data.get("response_bytes", [])}
+        self.durations = {tuple(k): list(v) for k, v in data.get("durations", [])}
+        self.lines = {tuple(k): v for k, v in data.get("lines", [])}
         self.key_last_used = dict(data.get("key_last_used", {}))
         self.key_ips = {k: dict(v) for k, v in data.get("key_ips", {}).items()}
-        self.alerts = {tuple(k): v for k, v in data.get("alerts", [])}  # type: ignore[misc]
-        self.firing = {tuple(k): set(v) for k, v in data.get("firing", [])}  # type: ignore[misc]
+        self.alerts = {tuple(k): v for k, v in data.get("alerts", [])}
+        self.firing = {tuple(k): set(v) for k, v in data.get("firing", [])}
         self.rotations = dict(data.get("rotations", {}))
-        self.notifications = {tuple(k): v for k, v in data.get("notifications", [])}  # type: ignore[misc]
+        self.notifications = {tuple(k): v for k, v in data.get("notifications", [])}
         self.last_event_ts = float(data.get("last_event_ts", 0.0))
 
 
