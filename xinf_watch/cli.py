@@ -163,6 +163,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"xinf-watch: {exc}", file=sys.stderr)
         return Exit.USAGE
+    except BrokenPipeError:
+        # stdout closed early (`| head`): not an error; keep Python from complaining at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return Exit.OK
     except OSError as exc:
         if args.debug:
             raise
@@ -170,10 +174,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return Exit.FAILURE
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:
-        # stdout closed early (`| head`): not an error; keep Python from complaining at exit
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return Exit.OK
 
 
 def load_everything(rules: Path) -> tuple[Config, KeyRegistry]:

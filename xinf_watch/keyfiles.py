@@ -53,6 +53,7 @@ from xinf_watch.keys import IPNetwork, KeyEntry, KeyRegistry, UserEntry, sha256_
 RACY_NS = 2_000_000_000
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 _KEYLIKE = re.compile(r"(?:sk-|xf-|eyJ)[A-Za-z0-9]|[0-9a-fA-F]{32}")
+_KEY_TOKEN = re.compile(r"(?:sk-|xf-|eyJ)[A-Za-z0-9_.-]{4,}|\b[0-9a-fA-F]{32,}\b")
 _RESERVED = frozenset({"unknown", "none"})
 _KEYS_YAML_FIELDS = frozenset(
     {"key", "key_sha256", "alias", "owner", "name", "permissions", "created_at", "expires_at", "revoked"}
@@ -78,7 +79,9 @@ class KeyFileError(ValueError):
         transient: bool = False,
     ) -> None:
         location = f"{file}:{line}" if line else str(file)
-        super().__init__(f"{location}: {where}: {problem}" if where else f"{location}: {problem}")
+        message = f"{location}: {where}: {problem}" if where else f"{location}: {problem}"
+        # Last line of defence: a key pasted where a path or a field name belongs is not echoed.
+        super().__init__(_KEY_TOKEN.sub("(key not shown)", message))
         self.transient = transient
 
 
@@ -373,6 +376,9 @@ def _load_keys_yaml(doc: _Doc, data: dict[str, Any]) -> list[_Contribution]:
             raise doc.at("keys", i, "alias").error(
                 f"{fields['alias']!r} is reserved (expected another alias)"
             )
+        if "alias" in fields and _KEY_TOKEN.search(fields["alias"]):
+            # the alias is a metric label and shows in every alert: it must not be the key itself
+            raise doc.at("keys", i, "alias").error("looks like a key (expected a name such as alice-laptop)")
         if item.get("permissions") is not None:
             fields["permissions"] = _permissions(doc.at("keys", i, "permissions"), item["permissions"])
         for name in ("created_at", "expires_at"):

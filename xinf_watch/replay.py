@@ -64,12 +64,11 @@ def glob_escape(path: str) -> str:
 
 
 def open_binary(path: Path) -> BinaryIO:
-    raw = open(path, "rb")  # noqa: SIM115 - handed to the caller, who closes it
-    if raw.read(2) == b"\x1f\x8b":
-        raw.seek(0)
-        return gzip.GzipFile(fileobj=raw)  # type: ignore[return-value]
-    raw.seek(0)
-    return raw
+    with open(path, "rb") as probe:
+        compressed = probe.read(2) == b"\x1f\x8b"
+    if compressed:
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    return open(path, "rb")  # noqa: SIM115 - handed to the caller, who closes it
 
 
 class Progress:
