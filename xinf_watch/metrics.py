@@ -56,12 +56,12 @@ class MetricsStore:
         self.last_event_ts = 0.0
 
     def count_line(self, source: str, result: LineResult) -> None:
-        k = (source, result.value)
+        k = (source, result)  # StrEnum: the member is its label value
         self.lines[k] = self.lines.get(k, 0) + 1
 
     def observe(self, event: Event) -> None:
         key = event.key
-        k4 = (event.source, key, event.scope, event.outcome.value)
+        k4 = (event.source, key, event.scope, event.outcome)
         self.requests[k4] = self.requests.get(k4, 0) + 1
         if event.bytes:
             k3 = (event.source, key, event.scope)

@@ -78,7 +78,10 @@ class KeyHint:
     auth_type: str  # api_key | jwt | none | "" as audit.log writes it
 
 
-@dataclass(frozen=True, slots=True)
+# Record and Event are made once per log line: they are not `frozen` because a frozen dataclass's
+# __init__ goes through object.__setattr__ per field, which measured 3 us of the ~10 us a line
+# costs. Treat them as immutable all the same: no stage assigns to them.
+@dataclass(slots=True)
 class Record:
     """One access-log line, as the source wrote it (still raw: may carry a credential)."""
 
@@ -97,7 +100,7 @@ class Record:
     key_hint: KeyHint | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Event:
     """An attributed request: the unit metrics count and rules match. Holds no raw credential."""
 
