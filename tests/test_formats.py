@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from paths import FIXTURES
 
+from xinf_watch.configvalues import SOURCE_FORMATS
 from xinf_watch.formats import FORMATS, JSON_PRESETS, NGINX_PRESETS, build_parser
 from xinf_watch.model import LineResult, Record
 
@@ -230,7 +231,10 @@ def test_the_xinference_jwt_accepted_after_exp_is_logged_in_full() -> None:
 
 
 def test_formats_and_presets_are_exported() -> None:
-    assert FORMATS == ("nginx", "json", "haproxy", "regex")
+    # config validates `format:` against its own list: the two must name the same formats
+    assert set(FORMATS) == set(SOURCE_FORMATS) == {
+        "nginx", "json", "haproxy", "xinference", "xinference-audit", "regex"
+    }
     assert set(NGINX_PRESETS) == {"combined", "combined_key"}
     assert set(JSON_PRESETS) == {"nginx-json", "caddy", "traefik"}
 

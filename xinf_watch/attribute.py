@@ -3,7 +3,8 @@
 This is where the raw credential is consumed: `KeyRegistry.resolve` reads it and returns an alias,
 a state and a fingerprint; the `Event` that leaves this module carries none of the credential.
 Paths are normalised once here (query string dropped, percent-escapes decoded, length capped) so
-every later stage and every output sees the same path.
+every later stage and every output sees the same path. A denial the source gives no reason for
+gets one from its status where only one cause fits (`reason_from_status`).
 """
 
 from __future__ import annotations
@@ -13,11 +14,16 @@ from ipaddress import IPv4Address, IPv6Address, ip_address
 from urllib.parse import unquote
 
 from xinf_watch.keys import Attribution, KeyRegistry
-from xinf_watch.model import CredentialKind, Event, Outcome, Record
+from xinf_watch.model import CredentialKind, Event, KeyState, Outcome, Record
 from xinf_watch.scopes import ScopeMap
 
 MAX_PATH = 1024
 _OUTCOMES = {status: Outcome.from_status(status) for status in range(100, 600)}
+_KEY_401 = {
+    KeyState.UNKNOWN: "invalid_key",
+    KeyState.EXPIRED: "key_expired",
+    KeyState.REVOKED: "key_disabled",
+}
 
 
 def normalise_path(path: str) -> str:
@@ -34,6 +40,38 @@ def _parse_ip(text: str) -> IPv4Address | IPv6Address | None:
         return None
 
 
+def reason_from_status(
+    status: int, who: Attribution, scope_allowed: bool | None, *, credentials_logged: bool
+) -> str | None:
+    """Why a 401/403 was denied, in audit.log's words, for sources that do not say (gateways,
+    xinference.log); None unless the status and the attribution leave one cause only.
+
+    401: an API key the registry does not know -> `invalid_key`; a key expired -> `key_expired`,
+    revoked or of a disabled owner -> `key_disabled` (what Xinference answers for the key, when the
+    registry agrees with it); a JWT -> `user_disabled` if its user is disabled, else
+    `invalid_token` (bad signature, expired, stale); no credential -> `no_credentials`, but only
+    from a source that logs credentials (`credentials_logged`): in a log that never shows one
+    (xinference.log, Caddy's redacted default) "none" says nothing about the request. A valid key
+    or an `other` credential (`Bearer undefined` is `invalid_token`, `Basic ...` `no_credentials`
+    to Xinference) with 401 is left alone.
+    403: a valid key or session whose permissions do not cover the route -> `insufficient_scope`
+    (a 403 can also be the IP allowlist or a per-model denial: not named unless scope says so).
+    429 is never named: ip_banned, key_banned and a model's concurrency limit look the same.
+    """
+    kind, state = who.credential, who.state
+    if status == 401:
+        if kind is CredentialKind.API_KEY:
+            return _KEY_401.get(state)
+        if kind is CredentialKind.JWT:
+            return "user_disabled" if state is KeyState.REVOKED else "invalid_token"
+        if kind is CredentialKind.NONE and credentials_logged:
+            return "no_credentials"
+        return None
+    if status == 403 and scope_allowed is False and state is KeyState.VALID:
+        return "insufficient_scope"
+    return None
+
+
 class Attributor:
     """Attributes the records of one source; `registry` is a getter so a reload swaps it in place."""
 
@@ -41,6 +79,8 @@ class Attributor:
         self.source = source
         self.registry = registry
         self.scopes = scopes
+        # Whether this source's log shows credentials at all: true from its first record with one.
+        self.credentials_logged = False
 
     def attribute(self, record: Record) -> Event:
         registry = self.registry()
@@ -50,6 +90,16 @@ class Attributor:
             who = registry.resolve(record.credential, record.ts)
         path = normalise_path(record.path)
         scope = self.scopes.scope_for(record.method, record.path)  # decodes like Starlette: once
+        scope_allowed = self.scopes.covers(
+            who.permissions, scope, api_key=who.credential is CredentialKind.API_KEY
+        )
+        if record.credential is not None and not self.credentials_logged:
+            self.credentials_logged = True
+        reason = record.reason
+        if reason is None and (record.status == 401 or record.status == 403):
+            reason = reason_from_status(
+                record.status, who, scope_allowed, credentials_logged=self.credentials_logged
+            )
         ip_allowed = None
         if who.allowed_ips:
             addr = _parse_ip(record.ip)
@@ -63,15 +113,13 @@ class Attributor:
             path=path,
             status=record.status,
             outcome=_OUTCOMES.get(record.status) or Outcome.from_status(record.status),
-            reason=record.reason,
+            reason=reason,
             credential=who.credential,
             key=who.key,
             owner=who.owner,
             key_state=who.state,
             scope=scope,
-            scope_allowed=self.scopes.covers(
-                who.permissions, scope, api_key=who.credential is CredentialKind.API_KEY
-            ),
+            scope_allowed=scope_allowed,
             ip_allowed=ip_allowed,
             duration=record.duration,
             bytes=record.bytes,

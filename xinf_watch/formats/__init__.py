@@ -4,22 +4,26 @@
 parser never raises, whatever the line (binary junk, 1 MB, cut short): a line that should have
 been an access record and is not gives `LineResult.UNPARSED`; a line of the program that is not
 an access record (startup lines, error-log lines, blank lines) gives `LineResult.SKIPPED`.
-Parsers keep only a small cache of the last timestamp they read, so build one per source.
+Parsers keep only a small cache of the last timestamp they read (the audit.log parser also a
+bounded memory of recent requests, to drop their second rows), so build one per source.
 
 Formats: `nginx` (a `log_format` string or preset), `json` (a preset and/or a field mapping),
-`haproxy` (`option httplog`, syslog prefix optional), `regex` (named groups). Each module's
-docstring states its rules.
+`haproxy` (`option httplog`, syslog prefix optional), `xinference` (the uvicorn access lines of
+Xinference's xinference.log, any version), `xinference-audit` (Xinference's audit.log), `regex`
+(named groups). Each module's docstring states its rules.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
+from xinf_watch.formats.audit import compile_audit
 from xinf_watch.formats.common import Parser
 from xinf_watch.formats.haproxy import compile_haproxy
 from xinf_watch.formats.jsonlog import JSON_PRESETS, compile_json
 from xinf_watch.formats.nginx import NGINX_PRESETS, compile_log_format
 from xinf_watch.formats.regex import compile_regex
+from xinf_watch.formats.xinference import compile_xinference
 
 __all__ = ["FORMATS", "JSON_PRESETS", "NGINX_PRESETS", "Parser", "build_parser"]
 
@@ -39,12 +43,13 @@ def _nginx(log_format: str | None, preset: str | None) -> Parser:
     return compile_log_format(log_format)
 
 
-# format -> (builder, the options it takes, as keywords). Xinference's own logs (`xinference`,
-# `xinference-audit`) will be registered here too.
+# format -> (builder, the options it takes, as keywords); the order of configvalues.SOURCE_FORMATS.
 _BUILDERS: dict[str, tuple[Callable[..., Parser], tuple[str, ...]]] = {
     "nginx": (_nginx, ("log_format", "preset")),
     "json": (compile_json, ("preset", "fields")),
     "haproxy": (compile_haproxy, ("fields",)),
+    "xinference": (compile_xinference, ()),
+    "xinference-audit": (compile_audit, ()),
     "regex": (compile_regex, ("pattern",)),
 }
 FORMATS = tuple(_BUILDERS)
