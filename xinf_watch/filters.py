@@ -4,15 +4,21 @@ Semantics (DESIGN.md section 3): every field given must match (AND); a list mean
 items (OR). Booleans (`ip_allowed`, `ip_forwarded`, `scope_allowed`) match only events where the
 value is known: an event whose `scope_allowed` is None (permissions unknown) matches neither
 `scope_allowed: true` nor `false`. `scope`, `path`, `key` and `owner` take shell globs; `user_agent`
-is a regular expression searched in the user agent; `status` takes codes and classes (`4xx`).
+is a regular expression searched in the user agent; `status` takes codes and classes (`4xx`);
+`method` ignores case. `ip` / `ip_not_in` compare the address (an IPv4-mapped IPv6 address such
+as `::ffff:10.1.2.3` as its IPv4 address); an address that does not parse is in no network, so
+`ip_not_in: internal` matches it (an origin we cannot place is treated as outside).
 
-Checks are ordered cheapest first. IP parsing is cached in a bounded dict shared by all rules.
+The fields of `INDEXED` take few values (enums and booleans): `admits(when, values)` answers them
+for one combination of values, so the engine can pick the rules an event can match once per
+combination, and `compile_filter(when, indexed=False)` leaves them out of the predicate. Checks
+are ordered cheapest first. IP parsing is cached in a bounded dict shared by all rules.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from fnmatch import fnmatchcase
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from typing import Any
@@ -22,11 +28,16 @@ from xinf_watch.model import Event
 Predicate = Callable[[Event], bool]
 Network = IPv4Network | IPv6Network
 
+# Fields with a handful of possible values: the engine indexes rules by them (see `admits`).
+INDEXED = ("credential", "key_state", "outcome", "scope_allowed", "ip_allowed", "ip_forwarded")
+_BOOLEANS = frozenset({"scope_allowed", "ip_allowed", "ip_forwarded"})
+
 _IP_CACHE: dict[str, IPv4Address | IPv6Address | None] = {}
-_IP_CACHE_MAX = 65536
+_IP_CACHE_MAX = 16384  # addresses; beyond, a flood of new ones: start over
 
 
 def parse_ip(text: str) -> IPv4Address | IPv6Address | None:
+    """The address in `text`; an IPv4-mapped IPv6 address is returned as its IPv4 address."""
     addr = _IP_CACHE.get(text, False)
     if addr is False:
         if len(_IP_CACHE) >= _IP_CACHE_MAX:
@@ -35,6 +46,8 @@ def parse_ip(text: str) -> IPv4Address | IPv6Address | None:
             addr = ip_address(text)
         except ValueError:
             addr = None
+        if isinstance(addr, IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
         _IP_CACHE[text] = addr
     return addr  # type: ignore[return-value]
 
@@ -48,7 +61,10 @@ _SUBNET_CACHE: dict[tuple[str, int], str] = {}
 
 
 def subnet_of(text: str, prefix: int) -> str:
-    """`10.1.2.3`, 24 -> `10.1.2.0/24`; IPv6 addresses use `prefix` as given if it is > 32, else 64."""
+    """`10.1.2.3`, 24 -> `10.1.2.0/24`; IPv6 addresses use `prefix` as given if it is > 32, else 64.
+
+    Text that is not an address is returned as it is.
+    """
     cached = _SUBNET_CACHE.get((text, prefix))
     if cached is not None:
         return cached
@@ -64,7 +80,13 @@ def subnet_of(text: str, prefix: int) -> str:
     return result
 
 
-def _globs(patterns: Iterable[str]) -> Callable[[str | None], bool]:
+def _values(value: Any) -> tuple[str, ...]:
+    return tuple(str(getattr(v, "value", v)) for v in value)
+
+
+def glob_matcher(patterns: Iterable[str]) -> Callable[[str | None], bool]:
+    """Shell-glob matching against any of `patterns`; None matches nothing."""
+    patterns = tuple(patterns)
     exact = frozenset(p for p in patterns if not any(c in p for c in "*?["))
     wild = tuple(p for p in patterns if p not in exact)
 
@@ -76,63 +98,110 @@ def _globs(patterns: Iterable[str]) -> Callable[[str | None], bool]:
     return match
 
 
-def _status_matcher(values: Iterable[Any]) -> Callable[[int], bool]:
+def _glob_check(field: str, patterns: Sequence[str]) -> Predicate:
+    if not any(c in p for p in patterns for c in "*?["):
+        exact = frozenset(patterns)
+        return lambda e: getattr(e, field) in exact  # None is in no set of strings
+    match = glob_matcher(patterns)
+    return lambda e: match(getattr(e, field))
+
+
+def _status_codes(values: Iterable[Any]) -> frozenset[int]:
+    """Every status code 100-599 that `values` (codes and classes such as `4xx`) covers."""
     codes: set[int] = set()
-    classes: set[int] = set()
     for value in values:
         text = str(value).lower()
         if re.fullmatch(r"[1-5]xx", text):
-            classes.add(int(text[0]))
+            first = int(text[0]) * 100
+            codes.update(range(first, first + 100))
         else:
             codes.add(int(text))
-    return lambda status: status in codes or status // 100 in classes
+    return frozenset(codes)
 
 
-def _values(value: Any) -> tuple[str, ...]:
-    return tuple(str(getattr(v, "value", v)) for v in value)
+def _ip_check(networks: Sequence[Network], inside: bool) -> Predicate:
+    nets = tuple(networks)
+    if inside:
+        return lambda e: ip_in(e.ip, nets)
+    return lambda e: not ip_in(e.ip, nets)
 
 
-def compile_filter(when: Any) -> Predicate:
-    """One predicate for a `FilterConfig`; fields left unset (None) are not checked."""
+def _indexed_clauses(when: Any) -> list[tuple[str, frozenset[str] | bool]]:
+    out: list[tuple[str, frozenset[str] | bool]] = []
+    for field in INDEXED:
+        wanted = getattr(when, field, None)
+        if wanted is not None:
+            out.append((field, bool(wanted) if field in _BOOLEANS else frozenset(_values(wanted))))
+    return out
+
+
+def admits(when: Any, values: Sequence[Any]) -> bool:
+    """Whether the filter's `INDEXED` clauses accept an event with these values (in that order)."""
+    given = dict(zip(INDEXED, values, strict=True))
+    for field, wanted in _indexed_clauses(when):
+        value = given[field]
+        if isinstance(wanted, bool):
+            if value is not wanted:
+                return False
+        elif value is None or str(getattr(value, "value", value)) not in wanted:
+            return False
+    return True
+
+
+def compile_filter(when: Any, *, indexed: bool = True) -> Predicate:
+    """One predicate for a `FilterConfig`; fields left unset (None) are not checked.
+
+    `indexed=False` leaves out the fields of `INDEXED`: the caller answers them with `admits`.
+    """
     checks: list[Predicate] = []
-
-    def add_in(field: str, allowed: frozenset[str]) -> None:
-        checks.append(lambda e: str(getattr(e, field)) in allowed)
-
-    for field in ("source", "credential", "key_state", "outcome", "method", "reason"):
+    for field, wanted in _indexed_clauses(when) if indexed else ():
+        if isinstance(wanted, bool):
+            checks.append(lambda e, f=field, x=wanted: getattr(e, f) is x)  # type: ignore[misc]
+        else:  # enum members hash and compare as their string values
+            checks.append(lambda e, f=field, a=wanted: getattr(e, f) in a)  # type: ignore[misc]
+    for field in ("source", "reason"):
         value = getattr(when, field, None)
         if value is not None:
-            if field == "reason":
-                reasons = frozenset(_values(value))
-                checks.append(lambda e: e.reason in reasons)
-            else:
-                add_in(field, frozenset(_values(value)))
-    for field in ("ip_allowed", "ip_forwarded", "scope_allowed"):
-        value = getattr(when, field, None)
-        if value is not None:
-            expected = bool(value)
-            checks.append(lambda e, f=field, x=expected: getattr(e, f) is x)  # type: ignore[misc]
+            allowed = frozenset(_values(value))
+            checks.append(lambda e, f=field, a=allowed: getattr(e, f) in a)  # type: ignore[misc]
+    if (method := getattr(when, "method", None)) is not None:
+        methods = frozenset(m.upper() for m in _values(method))
+        checks.append(lambda e: e.method in methods or e.method.upper() in methods)
     if (status := getattr(when, "status", None)) is not None:
-        status_ok = _status_matcher(status)
-        checks.append(lambda e: status_ok(e.status))
+        codes = _status_codes(status)
+        checks.append(lambda e: e.status in codes)
     for field in ("key", "owner", "scope", "path"):
         value = getattr(when, field, None)
         if value is not None:
-            matcher = _globs(_values(value))
-            checks.append(lambda e, f=field, m=matcher: m(getattr(e, f)))  # type: ignore[misc]
+            checks.append(_glob_check(field, _values(value)))
     if (agent := getattr(when, "user_agent", None)) is not None:
         pattern = agent if isinstance(agent, re.Pattern) else re.compile(str(agent))
         checks.append(lambda e: e.user_agent is not None and pattern.search(e.user_agent) is not None)
     if (nets := getattr(when, "ip", None)) is not None:
-        inside = tuple(nets)
-        checks.append(lambda e: ip_in(e.ip, inside))
+        checks.append(_ip_check(nets, inside=True))
     if (nets := getattr(when, "ip_not_in", None)) is not None:
-        outside = tuple(nets)
-        checks.append(lambda e: not ip_in(e.ip, outside))
+        checks.append(_ip_check(nets, inside=False))
+    return _all_of(checks)
 
+
+def _all_of(checks: Sequence[Predicate]) -> Predicate:
+    """The conjunction, without a generator per call (this runs for every event and rule)."""
     if not checks:
         return lambda e: True
     if len(checks) == 1:
         return checks[0]
+    if len(checks) == 2:
+        a, b = checks
+        return lambda e: a(e) and b(e)
+    if len(checks) == 3:
+        a, b, c = checks
+        return lambda e: a(e) and b(e) and c(e)
     frozen = tuple(checks)
-    return lambda e: all(check(e) for check in frozen)
+
+    def every(e: Event) -> bool:
+        for check in frozen:  # noqa: SIM110 - all() would build a generator per event
+            if not check(e):
+                return False
+        return True
+
+    return every
