@@ -8,7 +8,8 @@ after it are read again into state that has not seen them, so nothing is counted
 
 Around the loop:
 - a metrics HTTP server thread (prometheus-client) serves `/metrics` from the committed and
-  in-flight counters, under the same lock the loop holds while it processes a batch;
+  in-flight counters, under the same lock the loop holds while it processes a batch; it opens
+  after the first turn, so counters never go down across a kill -9;
 - a sender thread delivers the outbox (alerts.Deliverer); the loop only wakes it;
 - signal handlers only record requests: SIGTERM/SIGINT stop after the current batch, SIGHUP
   reloads. Reload is build-then-swap: a config or key file that fails to load leaves the running
@@ -47,7 +48,8 @@ from xinf_watch.tail import FileIdentity, Position, SourceTailer
 log = logging.getLogger("xinf_watch")
 
 WAKE_EVERY = 0.25  # seconds: the longest the loop sleeps without a file event
-COMMIT_EVERY = 0.1  # seconds between commits while lines keep coming (alerts commit at once)
+COMMIT_EVERY = 0.1  # seconds between commits while lines keep coming (alerts commit at once), at least
+COMMIT_SHARE = 0.1  # and at most this share of the time: a big rule state (an attack) costs ms per commit
 BUDGET_BYTES = 4 << 20  # per source per turn, so one busy source cannot starve the others
 KEYS_CHECK_EVERY = 1.0
 
@@ -106,8 +108,8 @@ class DaemonCollector(Collector):
             batch.add_metric((), s.batch_seconds_sum)
             batches = CounterMetricFamily("xinf_watch_batches", "Batches processed.")
             batches.add_metric((), s.batches)
-            evicted = CounterMetricFamily("xinf_watch_rule_state_evicted", "Rule groups or values "
-                                          "forgotten because a rule's memory cap was reached.", labels=("rule",))
+            evicted = CounterMetricFamily("xinf_watch_rule_state_evicted", "Rule groups or values forgotten "
+                                          "because a rule's memory cap was reached.", labels=("rule",))
             for rule, n in sorted(s.evicted.items()):
                 evicted.add_metric((rule,), n)
         yield from families
@@ -121,18 +123,28 @@ class Daemon:
         self.notifier = notifier or Notifier()
         self.clock = clock
         self.stop = threading.Event()
+        self.stop_signal: int | None = None
         self.reload_requested = False
         self.lock = threading.Lock()
         self.stats = LoopStats()
         self.sender_wake = threading.Event()
         self._dirty = True  # uncommitted lines since the last commit (first start: commit once)
+        self._commit_every = COMMIT_EVERY
         self._last_event_seen = 0.0
         self._last_event_wall = 0.0
 
     # -- signals: record the request, the loop acts on it --------------------------------------
 
+    def install_signal_handlers(self) -> None:
+        """Before `start()`, so a SIGTERM or SIGHUP while loading is handled, not fatal."""
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_hup)
+
     def _on_stop(self, signum: int, _frame: Any) -> None:
-        log.info("received %s, stopping after the current batch", signal.Signals(signum).name)
+        # no logging here: a handler that writes to stderr while the loop is writing to it raises
+        # "reentrant call" in the loop; the loop logs the request
+        self.stop_signal = signum
         self.stop.set()
 
     def _on_hup(self, _signum: int, _frame: Any) -> None:
@@ -150,28 +162,38 @@ class Daemon:
         self.store = MetricsStore()
         self.store.restore(checkpoint.blobs.get("metrics", {}))
         self.pipeline = Pipeline.build(self.config, self.registry, self.store, engine=None)
-        self.pipeline.engine = self._engine(self.config, checkpoint.blobs.get("rules"))
+        self.engine = self._engine(self.config, checkpoint.blobs.get("rules"))
+        self.pipeline.engine = self.engine
         self.tailers = {
             s.name: self._tailer(s, checkpoint.positions.get(s.name)) for s in self.config.sources
         }
         self.journal = AlertJournal(self.config.state.dir / "alerts.jsonl")
-        registry = CollectorRegistry(auto_describe=False)
-        store_collector = StoreCollector(self.store, self.pipeline.current_registry, now=self.clock)
-        registry.register(DaemonCollector(self.lock, store_collector, self.stats))
-        self.server = MetricsServer(self.config.metrics.host, self.config.metrics.port, registry)
         self.outbox = Outbox(self.config.state.dir)
         self.deliverer = Deliverer(self.outbox, self._targets(self.config), self._count_notification,
                                    now=self.clock, log=log.warning)
         self.sender = threading.Thread(target=self.deliverer.run, args=(self.stop, self.sender_wake),
                                        name="xinf-watch-sender", daemon=True)
         self.sender.start()
-        log.info("xinf-watch: %d sources, %d keys, %d rules; metrics on http://%s/metrics; state in %s",
-                 len(self.config.sources), len(self.registry), len(self.config.rules),
-                 self.server.address, self.config.state.dir)
+        log.info("xinf-watch: %d sources, %d keys, %d rules; state in %s", len(self.config.sources),
+                 len(self.registry), len(self.config.rules), self.config.state.dir)
+
+    def _serve_metrics(self) -> None:
+        """Open /metrics only after the first turn: a scrape before it would see the committed
+        counters without the lines a kill -9 left uncommitted (the first turn reads them again),
+        and a counter that goes down is a reset to Prometheus (a spike in every rate())."""
+        registry = CollectorRegistry(auto_describe=False)
+        # the registry of whatever pipeline is current: a reload replaces the pipeline object
+        store_collector = StoreCollector(self.store, self._current_registry, now=self.clock)
+        registry.register(DaemonCollector(self.lock, store_collector, self.stats))
+        self.server = MetricsServer(self.config.metrics.host, self.config.metrics.port, registry)
+        log.info("metrics on http://%s/metrics", self.server.address)
+
+    def _current_registry(self) -> KeyRegistry:
+        return self.pipeline.registry
 
     def _engine(self, config: Config, snapshot: Any) -> RuleEngine:
-        engine = RuleEngine(config.rules, self.pipeline.current_registry, [s.name for s in config.sources])
-        if snapshot and hasattr(engine, "restore"):
+        engine = RuleEngine(config.rules, self._current_registry, [s.name for s in config.sources])
+        if snapshot:
             engine.restore(snapshot)
         return engine
 
@@ -187,16 +209,18 @@ class Daemon:
         return build_targets(config.notify, url)
 
     def _count_notification(self, target: str, sent: bool) -> None:
+        """The sender's report of one attempt (its thread): counted, committed with the next turn."""
+        pending = self.outbox.pending()
         with self.lock:
             self.store.count_notification(target, sent)
+            self.store.outbox_pending = pending
+            self._dirty = True
 
     # -- the loop -------------------------------------------------------------------------------
 
     def run(self) -> None:
-        signal.signal(signal.SIGTERM, self._on_stop)
-        signal.signal(signal.SIGINT, self._on_stop)
-        signal.signal(signal.SIGHUP, self._on_hup)
-        self.turn(force_commit=True)  # first read (start_at) before saying READY
+        self.turn(force_commit=True)  # first read (start_at, or what a kill -9 left) before READY
+        self._serve_metrics()
         self.notifier.ready(f"watching {len(self.tailers)} sources")
         last_commit = last_status = last_keys = self.clock()
         lines_at_status = 0
@@ -204,24 +228,25 @@ class Daemon:
             for _changes in self._wakeups():
                 if self.stop.is_set() or self.reload_requested:
                     break
-                now = self.clock()
-                committed = self.turn(force_commit=now - last_commit >= COMMIT_EVERY)
-                if committed:
-                    last_commit = now
-                if now - last_keys >= KEYS_CHECK_EVERY:
-                    last_keys = now
-                    self._reload_keys_if_changed()
-                self.notifier.watchdog()
-                if now - last_status >= 5.0:
-                    rate = (self.stats.lines - lines_at_status) / (now - last_status)
-                    self.notifier.status(f"{rate:,.0f} lines/s, outbox {self.store.outbox_pending}")
-                    last_status, lines_at_status = now, self.stats.lines
+                backlog = True
+                while backlog:  # a backlog is read turn after turn, not one budget per wakeup
+                    now = self.clock()
+                    if self.turn(force_commit=now - last_commit >= self._commit_every):
+                        last_commit = now
+                    if now - last_keys >= KEYS_CHECK_EVERY:
+                        last_keys = now
+                        self._reload_keys_if_changed()
+                    self.notifier.watchdog()
+                    if now - last_status >= 5.0:
+                        rate = (self.stats.lines - lines_at_status) / (now - last_status)
+                        self.notifier.status(f"{rate:,.0f} lines/s, outbox {self.store.outbox_pending}")
+                        last_status, lines_at_status = now, self.stats.lines
+                    backlog = any(t.pending() for t in self.tailers.values())
+                    backlog = backlog and not (self.stop.is_set() or self.reload_requested)
             if self.reload_requested:
                 self.reload_requested = False
                 self.reload()
-        self.notifier.stopping()
-        self.turn(force_commit=True)
-        self.close()
+        self.shutdown()
 
     def _wakeups(self) -> Iterator[set[Any]]:
         """watchfiles change sets, or an empty set every WAKE_EVERY; ends when the dirs to watch change."""
@@ -263,9 +288,7 @@ class Daemon:
             if lines:
                 self.stats.batches += 1
                 self.stats.batch_seconds_sum += time.perf_counter() - started
-            engine = self.pipeline.engine
-            if isinstance(engine, RuleEngine):
-                self.stats.evicted = engine.evicted
+            self.stats.evicted = self.engine.evicted
             self._dirty = self._dirty or lines > 0
             if not alerts and not (force_commit and self._dirty):
                 return False
@@ -303,10 +326,8 @@ class Daemon:
         config = self.config
         url = config.alertmanager.url if config.alertmanager else None
         notify = {r.name: r.notify for r in config.rules}
-        engine = self.pipeline.engine
-        blobs: dict[str, Any] = {"metrics": self.store.snapshot()}
-        if hasattr(engine, "snapshot"):
-            blobs["rules"] = engine.snapshot()  # type: ignore[union-attr]
+        started = time.perf_counter()
+        blobs: dict[str, Any] = {"metrics": self.store.snapshot(), "rules": self.engine.snapshot()}
         self.state.commit(
             {name: [position_to_json(p) for p in t.positions()] for name, t in self.tailers.items()},
             blobs,
@@ -314,10 +335,13 @@ class Daemon:
         )
         self.store.outbox_pending = self.outbox.pending()
         self._dirty = False
+        self._commit_every = max(COMMIT_EVERY, (time.perf_counter() - started) / COMMIT_SHARE)
 
     # -- reload ---------------------------------------------------------------------------------
 
     def reload(self) -> None:
+        """Build everything from the files (this thread runs the loop: nothing changes meanwhile),
+        then swap under the lock. Any failure while building leaves the running config as it is."""
         self.notifier.reloading()
         try:
             config = load_config(self.rules_path)
@@ -325,17 +349,21 @@ class Daemon:
             registry = key_sources.load()
             pipeline = Pipeline.build(config, registry, self.store, engine=None)
             targets = self._targets(config)
-        except (ConfigError, KeyFileError, ValueError) as exc:
+            engine = self._engine(config, self.engine.snapshot())  # rule state carries over, by rule name
+        except Exception as exc:  # config, key files, targets, rule state: all refused the same way
             self.stats.reloads["failure"] = self.stats.reloads.get("failure", 0) + 1
-            log.error("reload failed, keeping the running config:\n%s", exc)
+            why = str(exc) if isinstance(exc, ConfigError | KeyFileError) else f"{type(exc).__name__}: {exc}"
+            log.error("reload failed, keeping the running config:\n%s", why)
             self.notifier.ready("reload failed, running the previous config")
             return
+        for what, old, new in (("metrics.listen", self.config.metrics.listen, config.metrics.listen),
+                               ("state.dir", self.config.state.dir, config.state.dir)):
+            if old != new:
+                log.warning("reload: %s changed (%s -> %s): takes effect at the next start", what, old, new)
         with self.lock:
-            old_engine = self.pipeline.engine
             self.config, self.key_sources, self.registry = config, key_sources, registry
+            self.engine = pipeline.engine = engine
             self.pipeline = pipeline
-            snapshot = old_engine.snapshot() if hasattr(old_engine, "snapshot") else None  # type: ignore[union-attr]
-            pipeline.engine = self._engine(config, snapshot)
             kept = {s.name: self.tailers[s.name] for s in config.sources if s.name in self.tailers
                     and self.tailers[s.name].pattern == s.path}
             for name, tailer in self.tailers.items():
@@ -360,9 +388,18 @@ class Daemon:
                 self.pipeline.registry = registry
             log.info("key files changed: %d keys", len(registry))
 
-    def close(self) -> None:
+    def shutdown(self) -> None:
+        """The one way out: stop the sender, read and commit what is there, close everything."""
+        name = signal.Signals(self.stop_signal).name if self.stop_signal else "stop request"
+        log.info("received %s, stopping", name)
+        self.notifier.stopping()
+        self.stop.set()
         self.sender_wake.set()
-        self.sender.join(timeout=5)
+        self.sender.join(timeout=5)  # first, so the final commit has its notification counts
+        self.turn(force_commit=True)
+        self.close()
+
+    def close(self) -> None:
         self.server.close()
         for tailer in self.tailers.values():
             tailer.close()
@@ -372,6 +409,7 @@ class Daemon:
 
 def run_daemon(rules_path: Path) -> int:
     daemon = Daemon(rules_path)
+    daemon.install_signal_handlers()
     daemon.start()
     daemon.run()
     log.info("stopped")

@@ -7,6 +7,7 @@ stops the pings and systemd restarts the service.
 
 from __future__ import annotations
 
+import os
 import time
 
 import sdnotify
@@ -21,7 +22,9 @@ class MetricsServer:
         self._server, self._thread = start_http_server(port, addr=host, registry=registry)
         bound_host, bound_port = self._server.server_address[:2]
         self.port = int(bound_port)
-        self.address = f"[{bound_host}]:{self.port}" if ":" in str(bound_host) else f"{bound_host}:{self.port}"
+        host = str(bound_host)
+        host = f"[{host}]" if ":" in host else host
+        self.address = f"{host}:{self.port}"
 
     def close(self) -> None:
         self._server.shutdown()
@@ -29,8 +32,19 @@ class MetricsServer:
 
 
 class Notifier:
+    """sd_notify messages. A send never blocks the loop for long: the socket has a timeout (a
+    datagram socket blocks while the receiver's queue is full) and a failed send is dropped."""
+
+    SEND_TIMEOUT = 1.0
+
     def __init__(self) -> None:
         self._notifier = sdnotify.SystemdNotifier()
+        if self._notifier.socket is not None:
+            self._notifier.socket.settimeout(self.SEND_TIMEOUT)
+        usec = os.environ.get("WATCHDOG_USEC", "")
+        # systemd's advice: ping at half the watchdog interval; without one, once a second is plenty
+        self._watchdog_every = int(usec) / 2e6 if usec.isdigit() and int(usec) > 0 else 1.0
+        self._last_watchdog = float("-inf")
 
     def _send(self, *lines: str) -> None:
         self._notifier.notify("\n".join(lines))
@@ -46,7 +60,11 @@ class Notifier:
         self._send(f"STATUS={status}")
 
     def watchdog(self) -> None:
-        self._send("WATCHDOG=1")
+        """Called every turn of the loop; sent at most every half watchdog interval."""
+        now = time.monotonic()
+        if now - self._last_watchdog >= self._watchdog_every:
+            self._last_watchdog = now
+            self._send("WATCHDOG=1")
 
     def stopping(self) -> None:
         self._send("STOPPING=1", "STATUS=stopping")
