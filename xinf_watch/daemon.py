@@ -71,7 +71,6 @@ class LoopStats:
 
     truncations: dict[str, int] = field(default_factory=dict)
     files_open: dict[str, int] = field(default_factory=dict)
-    last_event_ts: dict[str, float] = field(default_factory=dict)
     reloads: dict[str, int] = field(default_factory=dict)
     batch_seconds_sum: float = 0.0
     batches: int = 0
@@ -92,13 +91,9 @@ class DaemonCollector(Collector):
             truncations = CounterMetricFamily("xinf_watch_truncations", "Truncations seen (copytruncate or "
                                               "a file emptied in place).", labels=("source",))
             files = GaugeMetricFamily("xinf_watch_files_open", "Files held open.", labels=("source",))
-            last = GaugeMetricFamily("xinf_watch_last_event_timestamp_seconds",
-                                     "Log time of the last record read, by source.", labels=("source",))
             for name in sorted(s.files_open):
                 truncations.add_metric((name,), s.truncations.get(name, 0))
                 files.add_metric((name,), s.files_open[name])
-            for name, ts in sorted(s.last_event_ts.items()):
-                last.add_metric((name,), ts)
             reloads = CounterMetricFamily("xinf_watch_config_reloads", "Config reloads, by result.",
                                           labels=("result",))
             for result in ("success", "failure"):
@@ -113,7 +108,7 @@ class DaemonCollector(Collector):
             for rule, n in sorted(s.evicted.items()):
                 evicted.add_metric((rule,), n)
         yield from families
-        yield from (truncations, files, last, reloads, batch, batches, evicted)
+        yield from (truncations, files, reloads, batch, batches, evicted)
 
 
 class Daemon:

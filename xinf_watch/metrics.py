@@ -53,6 +53,7 @@ class MetricsStore:
         self.notifications: dict[tuple[str, str], int] = {}  # target, result
         self.source_lag: dict[str, int] = {}
         self.outbox_pending = 0
+        self.source_last_event: dict[str, float] = {}
         self.last_event_ts = 0.0
 
     def count_line(self, source: str, result: LineResult) -> None:
@@ -76,6 +77,8 @@ class MetricsStore:
         ts = event.ts
         if ts > self.last_event_ts:
             self.last_event_ts = ts
+        if ts > self.source_last_event.get(event.source, 0.0):
+            self.source_last_event[event.source] = ts
         if ts > self.key_last_used.get(key, 0.0):
             self.key_last_used[key] = ts
         ips = self.key_ips.get(key)
@@ -120,6 +123,7 @@ class MetricsStore:
             "firing": [[list(k), sorted(v)] for k, v in self.firing.items()],
             "rotations": self.rotations,
             "notifications": _items(self.notifications),
+            "source_last_event": self.source_last_event,
             "last_event_ts": self.last_event_ts,
         }
 
@@ -134,6 +138,7 @@ class MetricsStore:
         self.firing = {tuple(k): set(v) for k, v in data.get("firing", [])}
         self.rotations = dict(data.get("rotations", {}))
         self.notifications = {tuple(k): v for k, v in data.get("notifications", [])}
+        self.source_last_event = {k: float(v) for k, v in data.get("source_last_event", {}).items()}
         self.last_event_ts = float(data.get("last_event_ts", 0.0))
 
 
@@ -195,6 +200,12 @@ class StoreCollector(Collector):
             "Input lines read, by result (parsed, unparsed, skipped).",
             ("source", "result"),
             s.lines,
+        )
+        yield _gauge(
+            "xinf_watch_last_event_timestamp_seconds",
+            "Log time of the last record read, by source.",
+            ("source",),
+            {(k,): v for k, v in s.source_last_event.items()},
         )
         yield _gauge(
             "xinf_watch_source_lag_bytes",
