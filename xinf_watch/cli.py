@@ -19,9 +19,11 @@ import orjson
 
 from xinf_watch import __version__
 from xinf_watch.config import Config, ConfigError, SourceConfig, empty_config, load_config
+from xinf_watch.keyaudit import DEFAULT_MAX_AGE, DEFAULT_WITHIN, duration_arg, run_keys_audit, time_arg
 from xinf_watch.keyfiles import KeyFileError, load_registry
 from xinf_watch.keys import KeyRegistry
 from xinf_watch.metrics import MetricsStore, StoreCollector, exposition
+from xinf_watch.model import Severity
 from xinf_watch.pipeline import Pipeline
 from xinf_watch.replay import ReplayInput, replay, source_files
 from xinf_watch.rules import RuleEngine
@@ -127,10 +129,57 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="log files (gzip read transparently); default: the configured sources' files",
     )
+
+    keys = commands.add_parser(
+        "keys",
+        help="reports on the key registry (keys audit)",
+        description="Reports on the keys that rules.yaml's key files list.",
+    )
+    keys_commands = keys.add_subparsers(dest="keys_command", metavar="COMMAND", required=True)
+    audit = keys_commands.add_parser(
+        "audit",
+        help="key hygiene report: expired, expiring, no expiry, too old, admin, shared keys",
+        description="Judge every key of rules.yaml's key files: expired, expiring, no expiry, too "
+        "old, admin, shared (no owner), unknown permissions, no allowed_ips, revoked. A table on "
+        "stdout (or JSON lines with --json), a summary on stderr; exit 1 when a finding is at or "
+        "above --fail-on, else 0. Keys are named by alias only.",
+    )
+    audit.add_argument(
+        "--rules", required=True, type=Path, metavar="FILE", help="rules.yaml (the keys: files are audited)"
+    )
+    audit.add_argument(
+        "--at",
+        type=time_arg,
+        metavar="ISO",
+        help="judge at this time instead of now, e.g. 2026-11-28T07:10:00Z (UTC if no offset)",
+    )
+    audit.add_argument(
+        "--within",
+        type=duration_arg,
+        default=DEFAULT_WITHIN,
+        metavar="DURATION",
+        help="report keys that expire within this (default 7d)",
+    )
+    audit.add_argument(
+        "--max-age",
+        type=duration_arg,
+        default=DEFAULT_MAX_AGE,
+        metavar="DURATION",
+        help="report keys created longer ago than this (default 90d)",
+    )
+    audit.add_argument(
+        "--fail-on",
+        type=Severity,
+        default=Severity.CRITICAL,
+        choices=list(Severity),
+        metavar="SEVERITY",
+        help="exit 1 when a finding is at or above this: info, warning, critical (default critical)",
+    )
+    audit.add_argument("--json", action="store_true", help="one JSON object per finding instead of the table")
     return parser
 
 
-COMMANDS = ("run", "check", "replay", "demo")
+COMMANDS = ("run", "check", "replay", "demo", "keys")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -151,6 +200,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             from xinf_watch.demo import run_demo
 
             return run_demo(args.duration, args.port)
+        if args.command == "keys":
+            return run_keys_audit(
+                args.rules,
+                at=args.at,
+                within=args.within,
+                max_age=args.max_age,
+                fail_on=args.fail_on,
+                as_json=args.json,
+                out=sys.stdout,
+                err=sys.stderr,
+            )
         return cmd_replay(args, sys.stdout)
     except (ConfigError, KeyFileError) as exc:
         if args.debug:
