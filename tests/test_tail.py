@@ -11,12 +11,14 @@ import logging.handlers
 import os
 import random
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from xinf_watch.linereader import Batch, LineReader
 from xinf_watch.tail import MAX_LINE_BYTES, FileIdentity, Position, SourceTailer, fingerprint, starts_with
 
 GRACE = 5.0
@@ -240,6 +242,29 @@ def test_lines_longer_than_a_read_are_returned_whole(logs: Path) -> None:
     assert h.tailer.positions()[0].offset == sum(len(line) + 1 for line in lines)
 
 
+def test_line_reader_on_its_own(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"a\r\nb\n" + b"x" * 40 + b"\nc\nunfinish")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        reader = LineReader(str(path), fd)
+        out: list[Batch] = []
+        progress = reader.read(budget=1 << 20, chunk=16, out=out)
+        assert [line for b in out for line in b.lines] == ["a", "b", "x" * 40, "c"]
+        assert progress.at_end and progress.consumed == reader.offset == 48 and reader.held == 8
+        assert reader.size == path.stat().st_size and progress.cut == 0
+        reader.place(3)  # inside the first line: its rest is skipped
+        out.clear()
+        reader.read(budget=1 << 20, chunk=16, out=out)
+        assert [line for b in out for line in b.lines] == ["b", "x" * 40, "c"]
+        out.clear()
+        reader.finish(out)  # the writer is gone: the partial line is a line
+        assert [line for b in out for line in b.lines] == ["unfinish"]
+        assert reader.offset == path.stat().st_size
+    finally:
+        os.close(fd)
+
+
 # -- rotations while running ------------------------------------------------------------------
 
 
@@ -284,7 +309,8 @@ def test_copytruncate_recovers_lines_written_since_the_last_poll(logs: Path) -> 
     os.truncate(path, 0)
     w.write(numbered("n", range(15, 20)))
     assert h.lines() == numbered("n", range(10, 20))
-    assert h.tailer.truncations == 1 and h.logged("lost") == 0
+    assert (h.tailer.rotations, h.tailer.truncations) == (1, 1)  # a rotation, and a file emptied in place
+    assert h.logged("lost") == 0
     w.write(numbered("n", range(20, 22)))
     assert h.drain() == numbered("n", range(20, 22))
     assert h.tailer.files_open() == 1
@@ -313,6 +339,77 @@ def test_copytruncate_with_a_glob_that_matches_the_copy(logs: Path, poll_between
     os.truncate(path, 0)
     w.write(["n 115"])
     assert h.lines() == ["n 115"]
+    assert (h.tailer.rotations, h.tailer.truncations) == (2, 2)
+    w.close()
+
+
+def _copy_and_truncate(path: Path, copy: Path, made_at_ns: int) -> None:
+    """logrotate's copytruncate, the copy dated `made_at_ns` (copies made at different times)."""
+    shutil.copyfile(path, copy)
+    os.utime(copy, ns=(made_at_ns, made_at_ns))
+    os.truncate(path, 0)
+
+
+@pytest.mark.parametrize("restart", [False, True], ids=["running", "down"])
+@pytest.mark.parametrize("naming", ["numbered", "dateext"])
+@pytest.mark.parametrize("pattern", ["app.log", "app.log*"])
+def test_two_copytruncates_between_two_polls(logs: Path, pattern: str, naming: str, restart: bool) -> None:
+    """Rule 3: the second copy starts with lines never seen, so nothing tells it from another file.
+    A glob that matches it reads it as a new file; otherwise its lines are lost, and logged."""
+    path = logs / "app.log"
+    w = Writer(path)
+    h = Harness(logs / pattern)
+    w.write(numbered("n", range(100)))
+    assert h.lines() == numbered("n", range(100))
+    committed = h.tailer.positions()
+    now = time.time_ns()
+    w.write(numbered("n", range(100, 200)))
+    first = logs / ("app.log.1" if naming == "numbered" else "app.log-20261127")
+    _copy_and_truncate(path, first, now - 2 * 10**9)
+    w.write(numbered("n", range(200, 300)))
+    if naming == "numbered":  # logrotate shifts the older copy: the middle one is the newest name
+        first.rename(logs / "app.log.2")
+        middle = logs / "app.log.1"
+    else:
+        middle = logs / "app.log-20261128"
+    _copy_and_truncate(path, middle, now - 10**9)
+    w.write(numbered("n", range(300, 400)))
+    if restart:
+        h.restart(committed)
+    got = h.lines() + h.drain()
+    if pattern == "app.log*":
+        assert got == numbered("n", range(100, 400))
+        assert h.logged("lost") == 0
+    else:
+        assert got == numbered("n", range(100, 200)) + numbered("n", range(300, 400))
+        assert h.logged(f"{middle} is newer and not followed") == 1
+        assert h.logged("may have been lost") == 1
+        assert (h.tailer.rotations, h.tailer.truncations) == (1, 1)
+    w.close()
+
+
+def test_copytruncate_among_older_rotations_is_not_taken_for_a_loss(logs: Path) -> None:
+    import gzip
+
+    path = logs / "app.log"
+    day = 86400 * 10**9
+    yesterday = time.time_ns() - day
+    (logs / "app.log.1").write_text("old 1\n")
+    os.utime(logs / "app.log.1", ns=(yesterday, yesterday))
+    (logs / "app.log.2.gz").write_bytes(gzip.compress(b"old 0\n"))  # logrotate keeps a copy's time
+    os.utime(logs / "app.log.2.gz", ns=(yesterday - day, yesterday - day))
+    w = Writer(path)
+    h = Harness(path)
+    w.write(numbered("n", range(10)))
+    assert h.lines() == numbered("n", range(10))
+    w.write(numbered("n", range(10, 15)))
+    (logs / "app.log.2.gz").rename(logs / "app.log.3.gz")
+    (logs / "app.log.1").rename(logs / "app.log.2")
+    _copy_and_truncate(path, logs / "app.log.1", time.time_ns())
+    w.write(numbered("n", range(15, 20)))
+    assert h.lines() == numbered("n", range(10, 20))
+    assert h.logged("lost") == 0
+    assert (h.tailer.rotations, h.tailer.truncations) == (1, 1)
     w.close()
 
 
@@ -324,7 +421,8 @@ def test_plain_truncation_reads_from_0_and_warns(logs: Path) -> None:
     os.truncate(path, 0)
     append(path, numbered("b", range(2)))
     assert h.lines() == numbered("b", range(2))
-    assert h.tailer.truncations == 1 and h.logged("may have been lost") == 1
+    assert (h.tailer.rotations, h.tailer.truncations) == (0, 1)  # no copy: not a rotation
+    assert h.logged("may have been lost") == 1
 
 
 def test_truncated_and_rewritten_past_the_offset_is_caught_by_the_fingerprint(logs: Path) -> None:
@@ -640,6 +738,8 @@ def test_restart_after_rotation_while_down(logs: Path, tmp_path: Path, kind: str
     got += h.drain()
     assert got == expected
     assert h.logged("lost") == 0
+    if kind == "copytruncate":
+        assert (h.tailer.rotations, h.tailer.truncations) == (1, 1)
     w.close()
 
 
@@ -681,6 +781,8 @@ def test_restart_after_losing_rotation_while_down_is_logged(logs: Path, kind: st
     h.restart(saved)
     assert h.lines() == numbered("b", range(4))
     assert h.logged("may have been lost") == 1
+    if kind != "delete":  # (a deleted file's inode may come back: a truncation too)
+        assert (h.tailer.rotations, h.tailer.truncations) == (0, 1)
 
 
 def test_restart_with_all_files_gone_forgets_them(logs: Path) -> None:
