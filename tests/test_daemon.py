@@ -341,3 +341,28 @@ def test_daemon_process_helper_fails_with_stderr(ws: Workspace) -> None:
     finally:
         d.close()
     assert os.path.exists(d.stderr_path)
+
+
+def test_rotation_counters_continue_when_a_tailer_starts_again_from_zero(tmp_path: Path) -> None:
+    """A restarted or reloaded source gets a new tailer counting from 0: the exported
+    counters add what each tailer counted, they never fall back or stall."""
+    from types import SimpleNamespace
+
+    from xinf_watch.daemon import Daemon
+    from xinf_watch.metrics import MetricsStore
+
+    daemon = Daemon(tmp_path / "rules.yaml")
+    daemon.store = MetricsStore()
+    daemon.store.restore({"rotations": {"gw": 5}, "truncations": {"gw": 2}})  # from the last run
+
+    def tailer(rotations: int, truncations: int) -> SimpleNamespace:
+        return SimpleNamespace(rotations=rotations, truncations=truncations, lag_bytes=lambda: 0,
+                               files_open=lambda: 1)
+
+    first = tailer(0, 0)
+    daemon._tailer_stats("gw", first)  # type: ignore[arg-type]
+    first.rotations, first.truncations = 2, 1
+    daemon._tailer_stats("gw", first)  # type: ignore[arg-type]
+    daemon._tailer_stats("gw", tailer(1, 0))  # type: ignore[arg-type]  # a new tailer (reload)
+    assert daemon.store.rotations == {"gw": 8}
+    assert daemon.store.truncations == {"gw": 3}

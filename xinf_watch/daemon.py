@@ -69,7 +69,6 @@ def position_from_json(d: dict[str, Any]) -> Position:
 class LoopStats:
     """The daemon's own counters (xinf_watch_* beyond what MetricsStore holds)."""
 
-    truncations: dict[str, int] = field(default_factory=dict)
     files_open: dict[str, int] = field(default_factory=dict)
     reloads: dict[str, int] = field(default_factory=dict)
     batch_seconds_sum: float = 0.0
@@ -88,11 +87,8 @@ class DaemonCollector(Collector):
         with self.lock:
             families = list(self.store.collect())
             s = self.stats
-            truncations = CounterMetricFamily("xinf_watch_truncations", "Truncations seen (copytruncate or "
-                                              "a file emptied in place).", labels=("source",))
             files = GaugeMetricFamily("xinf_watch_files_open", "Files held open.", labels=("source",))
             for name in sorted(s.files_open):
-                truncations.add_metric((name,), s.truncations.get(name, 0))
                 files.add_metric((name,), s.files_open[name])
             reloads = CounterMetricFamily("xinf_watch_config_reloads", "Config reloads, by result.",
                                           labels=("result",))
@@ -108,7 +104,7 @@ class DaemonCollector(Collector):
             for rule, n in sorted(s.evicted.items()):
                 evicted.add_metric((rule,), n)
         yield from families
-        yield from (truncations, files, reloads, batch, batches, evicted)
+        yield from (files, reloads, batch, batches, evicted)
 
 
 class Daemon:
@@ -126,6 +122,7 @@ class Daemon:
         self._dirty = True  # uncommitted lines since the last commit (first start: commit once)
         self._commit_every = COMMIT_EVERY
         self._last_event_seen = 0.0
+        self._tailer_counts: dict[str, tuple[SourceTailer | None, int, int]] = {}
         self._last_event_wall = 0.0
 
     # -- signals: record the request, the loop acts on it --------------------------------------
@@ -310,11 +307,13 @@ class Daemon:
         return last + max(0.0, now - self._last_event_wall)
 
     def _tailer_stats(self, name: str, tailer: SourceTailer) -> None:
-        rotations_seen = self.store.rotations.get(name, 0)
-        if tailer.rotations > rotations_seen:
-            self.store.rotations[name] = tailer.rotations
+        # A tailer counts from 0 (a restart, a reloaded source): add what it counted since last time.
+        counted_by, rotations, truncations = self._tailer_counts.get(name, (None, 0, 0))
+        if counted_by is not tailer:
+            rotations = truncations = 0
+        self.store.count_file_events(name, tailer.rotations - rotations, tailer.truncations - truncations)
+        self._tailer_counts[name] = (tailer, tailer.rotations, tailer.truncations)
         self.store.source_lag[name] = tailer.lag_bytes()
-        self.stats.truncations[name] = tailer.truncations
         self.stats.files_open[name] = tailer.files_open()
 
     def _commit(self, alerts: list[Alert]) -> None:

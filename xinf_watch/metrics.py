@@ -50,6 +50,7 @@ class MetricsStore:
         self.alerts: dict[tuple[str, str], int] = {}  # rule, severity
         self.firing: dict[tuple[str, str], set[str]] = {}  # rule, severity -> alert ids
         self.rotations: dict[str, int] = {}
+        self.truncations: dict[str, int] = {}
         self.notifications: dict[tuple[str, str], int] = {}  # target, result
         self.source_lag: dict[str, int] = {}
         self.outbox_pending = 0
@@ -101,8 +102,11 @@ class MetricsStore:
         k = (target, "sent" if sent else "failed")
         self.notifications[k] = self.notifications.get(k, 0) + 1
 
-    def count_rotation(self, source: str) -> None:
-        self.rotations[source] = self.rotations.get(source, 0) + 1
+    def count_file_events(self, source: str, rotations: int, truncations: int) -> None:
+        if rotations:
+            self.rotations[source] = self.rotations.get(source, 0) + rotations
+        if truncations:
+            self.truncations[source] = self.truncations.get(source, 0) + truncations
 
     def client_ip_count(self, key: str, now: float) -> int:
         since = now - CLIENT_IP_WINDOW
@@ -122,6 +126,7 @@ class MetricsStore:
             "alerts": _items(self.alerts),
             "firing": [[list(k), sorted(v)] for k, v in self.firing.items()],
             "rotations": self.rotations,
+            "truncations": self.truncations,
             "notifications": _items(self.notifications),
             "source_last_event": self.source_last_event,
             "last_event_ts": self.last_event_ts,
@@ -137,6 +142,7 @@ class MetricsStore:
         self.alerts = {tuple(k): v for k, v in data.get("alerts", [])}
         self.firing = {tuple(k): set(v) for k, v in data.get("firing", [])}
         self.rotations = dict(data.get("rotations", {}))
+        self.truncations = dict(data.get("truncations", {}))
         self.notifications = {tuple(k): v for k, v in data.get("notifications", [])}
         self.source_last_event = {k: float(v) for k, v in data.get("source_last_event", {}).items()}
         self.last_event_ts = float(data.get("last_event_ts", 0.0))
@@ -218,6 +224,12 @@ class StoreCollector(Collector):
             "Log rotations followed.",
             ("source",),
             {(k,): v for k, v in s.rotations.items()},
+        )
+        yield _counter(
+            "xinf_watch_truncations",
+            "Files found shorter than read (copytruncate, or emptied in place: possible loss if no copy).",
+            ("source",),
+            {(k,): v for k, v in s.truncations.items()},
         )
         yield _counter(
             "xinf_watch_notifications",

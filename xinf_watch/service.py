@@ -38,8 +38,9 @@ class Notifier:
     SEND_TIMEOUT = 1.0
 
     def __init__(self) -> None:
-        self._notifier = sdnotify.SystemdNotifier()
-        if self._notifier.socket is not None:
+        # Without NOTIFY_SOCKET, sdnotify would open a socket it cannot connect and leak it.
+        self._notifier = sdnotify.SystemdNotifier() if os.environ.get("NOTIFY_SOCKET") else None
+        if self._notifier is not None and self._notifier.socket is not None:
             self._notifier.socket.settimeout(self.SEND_TIMEOUT)
         usec = os.environ.get("WATCHDOG_USEC", "")
         # systemd's advice: ping at half the watchdog interval; without one, once a second is plenty
@@ -47,7 +48,8 @@ class Notifier:
         self._last_watchdog = float("-inf")
 
     def _send(self, *lines: str) -> None:
-        self._notifier.notify("\n".join(lines))
+        if self._notifier is not None:
+            self._notifier.notify("\n".join(lines))
 
     def ready(self, status: str) -> None:
         self._send("READY=1", f"STATUS={status}")
