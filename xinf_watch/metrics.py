@@ -33,6 +33,7 @@ from xinf_watch.model import Alert, AlertStatus, Event, LineResult
 # LLM requests are slow: the default client buckets stop at 10 s, a long completion takes minutes.
 DURATION_BUCKETS: tuple[float, ...] = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 CLIENT_IP_WINDOW = 24 * 3600.0
+_ONE_SHOT_KINDS = frozenset({"match", "new_value"})
 MAX_IPS_PER_KEY = 4096
 
 
@@ -94,7 +95,8 @@ class MetricsStore:
         ids = self.firing.setdefault(k, set())
         if alert.status is AlertStatus.FIRING:
             self.alerts[k] = self.alerts.get(k, 0) + 1
-            ids.add(alert.id)
+            if alert.kind not in _ONE_SHOT_KINDS:  # those never resolve: nothing stays firing
+                ids.add(alert.id)
         else:
             ids.discard(alert.id)
 
