@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 from ruletools import T0, engine, event, feed, firing, key_entry
 
-from xinf_watch import rules as rules_module
+from xinf_watch import eventrules
 from xinf_watch.keys import KeyRegistry
 from xinf_watch.model import Alert, AlertStatus, CredentialKind, Event, KeyState, Outcome
-from xinf_watch.rules import RuleEngine, describe_duration
+from xinf_watch.rules import RuleEngine
+from xinf_watch.summaries import describe_duration
 from xinf_watch.windows import BoundedMap, WindowCounter
 
 DAY = 86400.0
@@ -48,7 +49,7 @@ def test_alert_json_has_the_contract_fields(tmp_path: Path) -> None:
     assert data["first_ts"] == data["last_ts"] == "2026-11-28T07:06:00.250Z"
     assert data["source"] == "gateway"
     assert len(data["id"]) == 16 and int(data["id"], 16) >= 0
-    assert "GET /v1/models -> 200 with key bob (revoked, scope models:list) from 10.1.0.5" in data["summary"]
+    assert data["summary"] == "key bob (revoked) used from 10.1.0.5 for models:list: GET /v1/models -> 200"
     json.dumps(data, allow_nan=False)
 
 
@@ -116,6 +117,31 @@ def test_match_counts_a_slightly_late_hit_in_the_right_place(tmp_path: Path) -> 
     assert (alert.count, alert.first_ts, alert.last_ts) == (3, T0 + 97, T0 + 700)
 
 
+@pytest.mark.parametrize(
+    ("fields", "summary"),
+    [
+        ({"key": "bob", "key_state": KeyState.REVOKED, "status": 401, "reason": "key_disabled"},
+         "key bob (revoked) used from 10.1.0.5 for models:list: GET /v1/models -> 401 (key_disabled)"),
+        ({"scope": "models:write", "scope_allowed": False, "method": "POST", "status": 403},
+         "key alice used from 10.1.0.5 for models:write (not in its permissions): POST /v1/models -> 403"),
+        ({"ip": "198.51.100.7", "ip_allowed": False},
+         "key alice used from 198.51.100.7 (outside its allowed IPs) for models:list: GET /v1/models -> 200"),
+        ({"key": "none", "key_state": KeyState.NONE, "credential": CredentialKind.NONE, "scope": "webui",
+          "scope_allowed": None, "path": "/", "ip": "203.0.113.5", "ip_forwarded": True},
+         "request without a key from 203.0.113.5 (per X-Forwarded-For) for webui: GET / -> 200"),
+        ({"key": "unknown", "key_state": KeyState.UNKNOWN, "fingerprint": "3f9a0c1b2d4e", "status": 401},
+         "unknown key 3f9a0c1b2d4e used from 10.1.0.5 for models:list: GET /v1/models -> 401"),
+        ({"scope": "public", "path": "/status"}, "key alice used from 10.1.0.5: GET /status -> 200"),
+    ],
+)  # fmt: skip
+def test_match_summary_says_which_key_from_where_for_what(
+    tmp_path: Path, fields: dict[str, object], summary: str
+) -> None:
+    eng = engine(tmp_path, "- {name: every-request, kind: match, cooldown: 0}")
+    (alert,) = eng.observe(event(T0, **fields))
+    assert alert.summary == summary  # the rule's name is in `rule`, not repeated here
+
+
 # -- threshold -----------------------------------------------------------------------------------
 
 
@@ -135,7 +161,7 @@ def test_threshold_fires_at_count(tmp_path: Path) -> None:
     assert (alert.rule, alert.kind, alert.status) == ("burst", "threshold", AlertStatus.FIRING)
     assert alert.group == {"ip": "203.0.113.7"} and alert.key == "none"
     assert (alert.count, alert.first_ts, alert.last_ts) == (5, T0 + 1, T0 + 5)
-    assert alert.summary == "5 requests matching burst for ip 203.0.113.7 in 1m"
+    assert alert.summary == "5 matching requests from ip 203.0.113.7 in 1m"
 
 
 def test_threshold_resolves_when_the_count_falls_to_half(tmp_path: Path) -> None:
@@ -149,7 +175,7 @@ def test_threshold_resolves_when_the_count_falls_to_half(tmp_path: Path) -> None
     assert done.status is AlertStatus.RESOLVED
     assert done.id == fired.id
     assert (done.count, done.first_ts, done.last_ts) == (10, T0 + 0.5, late[-1].ts)
-    assert done.summary == "resolved: burst for ip 203.0.113.7, now 5 in 1m"
+    assert done.summary == "resolved: down to 5 matching requests from ip 203.0.113.7 in 1m"
     assert eng.advance(T0 + 200) == []
 
 
@@ -221,6 +247,20 @@ def test_threshold_group_by_several_fields(tmp_path: Path) -> None:
     alerts = feed(eng, [event(T0), event(T0 + 1, ip="10.1.0.6"), event(T0 + 2)])
     (alert,) = alerts
     assert alert.group == {"key": "alice", "ip": "10.1.0.5"} and alert.key == "alice"
+    assert alert.summary == "2 matching requests from key alice, ip 10.1.0.5 in 1m"
+
+
+@pytest.mark.parametrize(
+    ("by", "summary"),
+    [
+        ("[]", "2 matching requests in 1m"),
+        ("[scope, ip]", "2 matching requests from ip 10.1.0.5 with scope models:list in 1m"),
+    ],
+)
+def test_threshold_summary_names_the_group(tmp_path: Path, by: str, summary: str) -> None:
+    eng = engine(tmp_path, f"- {{name: pair, kind: threshold, by: {by}, count: 2, window: 1m, cooldown: 0}}")
+    (alert,) = feed(eng, [event(T0), event(T0 + 1)])
+    assert alert.summary == summary
 
 
 # -- new_value -----------------------------------------------------------------------------------
@@ -276,14 +316,14 @@ def test_new_value_by_subnet(tmp_path: Path) -> None:
     assert feed(eng, [event(T0, ip="10.1.2.3"), event(T0 + 60, ip="10.1.2.99")]) == []
     (alert,) = eng.observe(event(T0 + 70, ip="10.1.3.1"))
     assert alert.extra == {"value": "10.1.3.0/24"}
-    assert "seen from new ip/24 10.1.3.0/24" in alert.summary
+    assert alert.summary == "key alice seen from new subnet 10.1.3.0/24 (GET /v1/models -> 200)"
     assert eng.observe(event(T0 + 80, ip="10.1.3.200")) == []
 
 
 def test_new_value_memory_cap_forgets_the_least_recently_seen(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(rules_module, "MAX_VALUES", 3)
+    monkeypatch.setattr(eventrules, "MAX_VALUES", 3)
     eng = engine(tmp_path, NEW_IP)
     feed(eng, [event(T0, ip="10.0.0.1"), event(T0 + 1, ip="10.0.0.2"), event(T0 + 2, ip="10.0.0.3")])
     feed(eng, [event(T0 + 3, ip="10.0.0.1")])  # .1 is now the most recently seen
@@ -314,10 +354,11 @@ def test_spike_fires_at_factor_times_the_baseline_and_resolves(tmp_path: Path) -
     assert alert.kind == "spike" and alert.group == {"key": "alice"}
     assert alert.count >= 50  # min_count, and well over 5 x 5
     assert 4.0 <= alert.extra["baseline"] <= 6.0
-    assert "x the usual" in alert.summary
+    assert alert.summary == "50 requests from key alice in 5m, 10.3x the usual 4.8"
     after = feed(eng, steady(burst_start + 120, 20)) + eng.advance(burst_start + 25 * 60)
     (done,) = after
     assert done.status is AlertStatus.RESOLVED and done.id == alert.id
+    assert done.summary == "resolved: down to 5 requests from key alice in 5m"
 
 
 def test_spike_needs_history(tmp_path: Path) -> None:
@@ -351,11 +392,12 @@ def test_distinct_counts_distinct_values_in_the_window_and_resolves(tmp_path: Pa
     assert alert.kind == "distinct" and alert.group == {"ip": "203.0.113.9"} and alert.key == "unknown"
     assert alert.extra == {"distinct": 5}
     assert (alert.count, alert.first_ts, alert.last_ts) == (5, T0 + 1.9, T0 + 5)
-    assert alert.summary == "5 distinct fingerprint values for ip 203.0.113.9 in 1m"
+    assert alert.summary == "5 distinct fingerprint values from ip 203.0.113.9 in 1m"
     assert eng.advance(T0 + 62.5) == []  # 3 left in the last minute
     (done,) = eng.advance(T0 + 63.5)  # 2: half of 5
     assert done.status is AlertStatus.RESOLVED and done.id == alert.id
     assert done.extra == {"distinct": 5}
+    assert done.summary == "resolved: down to 2 distinct fingerprint values from ip 203.0.113.9 in 1m"
 
 
 def test_distinct_values_of_other_groups_do_not_add_up(tmp_path: Path) -> None:
@@ -517,6 +559,35 @@ def test_group_memory_is_capped_and_firing_groups_are_kept(
         (AlertStatus.FIRING, {"ip": "198.51.100.1"}),
         (AlertStatus.RESOLVED, {"ip": "198.51.100.1"}),
     ]
+
+
+def test_a_lone_line_far_in_the_future_does_not_move_the_clock(tmp_path: Path) -> None:
+    eng = engine(tmp_path, threshold(5) + "\n" + MATCH + "\n- {name: silent, kind: absent, for: 15m}")
+    (burst,) = feed(eng, [denied(T0 + i) for i in range(5)])
+    stray = revoked(T0 + 3650 * DAY)  # a corrupt date, ten years ahead
+    (alert,) = eng.observe(stray)  # still evaluated for its rules, in its own time
+    assert alert.rule == "revoked" and alert.first_ts == stray.ts
+    assert eng.now == T0 + 4
+    # the clock still follows the log: the burst resolves on time, the silence is measured from
+    # the last line the log wrote in its own time, not from ten years ahead
+    (done,) = eng.observe(event(T0 + 70))
+    assert done.status is AlertStatus.RESOLVED and done.id == burst.id and eng.now == T0 + 70
+    (silent,) = eng.advance(T0 + 70 + 900)
+    assert silent.rule == "silent" and silent.first_ts == T0 + 70
+
+
+def test_a_log_that_really_jumps_ahead_moves_the_clock_at_its_second_line(tmp_path: Path) -> None:
+    eng = engine(tmp_path, threshold(5))
+    assert feed(eng, [denied(T0 + i) for i in range(4)]) == []
+    morning = T0 + 8 * 3600  # after a quiet night
+    assert eng.observe(denied(morning)) == []  # in its own time: not counted with the night's 4
+    assert eng.now == T0 + 3
+    saved = json.loads(json.dumps(eng.snapshot()))
+    again = engine(tmp_path, threshold(5))
+    again.restore(saved)  # a restart between the two lines does not lose the first one's say
+    for each in (eng, again):
+        each.observe(denied(morning + 1))
+        assert each.now == morning + 1
 
 
 def test_observe_never_reads_the_clock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from operator import attrgetter
-from typing import Any
+from typing import Any, TypeVar
 
 from xinf_watch.filters import compile_filter, subnet_of
 from xinf_watch.model import Event, Severity
@@ -28,6 +28,7 @@ NEVER = float("-inf")
 MAX_GROUPS = 20_000  # per rule
 
 Group = tuple[str, ...]
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -152,34 +153,33 @@ def _counter(data: Any, window: float | None) -> WindowCounter | None:
     return counter
 
 
-def _list(value: Any) -> list[Any]:
-    if not isinstance(value, list):
-        raise ValueError(f"expected a list, got {type(value).__name__}")
+def _of_type(value: Any, kind: type[T]) -> T:
+    """`value` if it is a `kind` (a bool is not an int here, as in JSON), else ValueError."""
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise ValueError(f"expected {kind.__name__}, got {type(value).__name__}")
     return value
+
+
+def _list(value: Any) -> list[Any]:
+    return _of_type(value, list)
 
 
 def _str(value: Any) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"expected a string, got {type(value).__name__}")
-    return value
+    return _of_type(value, str)
+
+
+def _int(value: Any) -> int:
+    return _of_type(value, int)
+
+
+def _bool(value: Any) -> bool:
+    return _of_type(value, bool)
 
 
 def _num(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"expected a finite number, got {value!r}")
+        raise ValueError(f"expected a finite number, got {type(value).__name__}")
     return float(value)
-
-
-def _int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"expected an integer, got {value!r}")
-    return value
-
-
-def _bool(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"expected true or false, got {value!r}")
-    return value
 
 
 def _group_getter(fields: Sequence[str]) -> Callable[[Event], Group]:
@@ -197,7 +197,10 @@ def _group_getter(fields: Sequence[str]) -> Callable[[Event], Group]:
     return lambda e: tuple(v if type(v) is str else str(v) for v in get_all(e))
 
 
-def _value_getter(value: str) -> Callable[[Event], str | None]:
+def _value_getter(value: str | None) -> Callable[[Event], str | None]:
+    """The rule's `value` of an event (None: the event has none); rules without one get None."""
+    if not value:
+        return lambda e: None
     if value.startswith("ip/"):
         prefix = int(value[3:])
         return lambda e: subnet_of(e.ip, prefix)
@@ -225,8 +228,7 @@ class CompiledRule:
         self.groups: BoundedMap[Group, GroupState] = BoundedMap(MAX_GROUPS, keep=is_firing)
         self.firing: dict[Group, None] = {}  # an ordered set: groups in the order they fired
         self.evicted_values = 0
-        value = getattr(config, "value", None)
-        self.value_of = _value_getter(value) if value else None
+        self.value_of = _value_getter(getattr(config, "value", None))
         window = getattr(config, "window", None)
         baseline = getattr(config, "baseline", None) if self.kind == "spike" else None
         self.windows: tuple[float | None, float | None] = (
