@@ -18,7 +18,7 @@ def test_demo_shows_alerts_from_the_live_daemon() -> None:
     out = done.stdout
     assert "metrics: http://127.0.0.1:" in out
     # The incidents played in the first 16 s, each caught by its shipped rule through the daemon.
-    assert "firing: denied-burst: 20 requests" in out
+    assert "firing: denied-burst: 20 matching requests" in out
     assert "firing: key-spraying:" in out
     assert "firing: revoked-key-used:" in out
     assert "demo finished" in out

@@ -299,7 +299,7 @@ class Daemon:
         some source has written, for the sources that then stay silent).
         """
         now = self.clock()
-        last = self.store.last_event_ts
+        last = self.engine.last_write or self.store.last_event_ts
         if not last:
             return None
         if last != self._last_event_seen:

@@ -40,6 +40,7 @@ from xinf_watch.config import load_config, parse_duration
 from xinf_watch.keyfiles import load_registry
 from xinf_watch.keys import KeyEntry, KeyRegistry, UserEntry
 from xinf_watch.model import KeyState, Severity, format_ts
+from xinf_watch.summaries import describe_duration as span  # as the key_expiry alerts say it
 
 DEFAULT_WITHIN = 7 * 86400.0
 DEFAULT_MAX_AGE = 90 * 86400.0
@@ -116,13 +117,13 @@ def _audit_entry(
     if state is KeyState.EXPIRED and entry.expires_at is not None:
         yield finding(
             "expired",
-            f"expired {format_ts(entry.expires_at)} ({_span(now - entry.expires_at)} ago) but not revoked:"
+            f"expired {format_ts(entry.expires_at)} ({span(now - entry.expires_at)} ago) but not revoked:"
             " delete or disable it in Xinference (or its auth config), then set revoked: true in keys.yaml",
         )
     elif entry.expires_at is not None and entry.expires_at <= now + within:
         yield finding(
             "expiring",
-            f"expires {format_ts(entry.expires_at)} (in {_span(entry.expires_at - now)}): create its"
+            f"expires {format_ts(entry.expires_at)} (in {span(entry.expires_at - now)}): create its"
             " successor, move the clients, then disable it (Xinference has no rotate endpoint)",
         )
     if legacy and entry.expires_at is None:
@@ -145,8 +146,8 @@ def _audit_entry(
     if state is KeyState.VALID and entry.created_at is not None and now - entry.created_at > max_age:
         yield finding(
             "too_old",
-            f"created {format_ts(entry.created_at)}, {_span(now - entry.created_at)} ago (--max-age"
-            f" {_span(max_age)}): rotate it: new key, move the clients, revoke this one",
+            f"created {format_ts(entry.created_at)}, {span(now - entry.created_at)} ago (--max-age"
+            f" {span(max_age)}): rotate it: new key, move the clients, revoke this one",
         )
     permissions = entry.permissions
     if permissions is None and owner is not None:
@@ -179,20 +180,6 @@ def _audit_entry(
         yield finding(
             "no_allowlist", "no allowed_ips: a use from any network looks normal (ip_allowed cannot tell)"
         )
-
-
-def _span(seconds: float) -> str:
-    """45s, 5m, 1d23h, 20d: the two largest units, rounded down (as the key_expiry alerts say it)."""
-    left, parts = max(int(seconds), 0), list[str]()
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if left >= size or (unit == "s" and not parts):
-            parts.append(f"{left // size}{unit}")
-            left %= size
-        elif parts:
-            break
-        if len(parts) == 2:
-            break
-    return "".join(parts)
 
 
 def fails(findings: list[Finding], fail_on: Severity) -> bool:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 from xinf_watch.attribute import Attributor
 from xinf_watch.config import Config, ConfigError, SourceConfig
@@ -21,13 +20,8 @@ from xinf_watch.formats import Parser, build_parser
 from xinf_watch.keys import KeyRegistry
 from xinf_watch.metrics import MetricsStore
 from xinf_watch.model import Alert, Event, LineResult, Record
+from xinf_watch.rules import RuleEngine
 from xinf_watch.scopes import ScopeOverride, load_scope_map
-
-
-class RuleEngine(Protocol):
-    def observe(self, event: Event) -> list[Alert]: ...
-
-    def advance(self, now: float) -> list[Alert]: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,8 @@ Rules:
 - The files of one source are read oldest first (`x.log.3.gz`, `x.log.2`, `x.log.1`, `x.log`).
 - Records of several files are merged by timestamp, so rules see one timeline whatever order
   the files were named in; lines that are not records are counted where they stand.
-- Time is the log's own: after the last record, `advance(last_ts)` flushes what the rules owe.
+- Time is the log's own: after the last record, `advance` to the last time a source wrote flushes
+  what the rules owe.
 - Replay starts from empty state and never touches the daemon's state dir.
 """
 
@@ -135,18 +136,17 @@ def replay(
     streams = [_records(pipeline, item, seq, progress) for seq, item in enumerate(inputs)]
     merged = streams[0] if len(streams) == 1 else heapq.merge(*streams, key=lambda r: (r[0], r[1]))
     count = 0
-    last_ts = 0.0
-    for ts, _seq, source, record in merged:
+    for _ts, _seq, source, record in merged:
         event, alerts = pipeline.process(source, record)
         count += 1
-        last_ts = max(last_ts, ts)
         if on_event is not None:
             on_event(event)
         if on_alert is not None:
             for alert in alerts:
                 on_alert(alert)
-    if count:
-        for alert in pipeline.advance(last_ts):
+    last_write = pipeline.engine.last_write if pipeline.engine is not None else None
+    if count and last_write is not None:
+        for alert in pipeline.advance(last_write):
             if on_alert is not None:
                 on_alert(alert)
     return count

@@ -122,6 +122,11 @@ class RuleEngine:
             out.extend(self.advance(now))
         return out
 
+    @property
+    def last_write(self) -> float | None:
+        """The latest time a source wrote, as the clock accepted it (a stray future line excluded)."""
+        return max(self.source_last_seen.values(), default=None)
+
     def advance(self, now: float) -> list[Alert]:
         """Time-driven transitions at `now`: resolutions, absent sources, expiring keys."""
         if self.started is None:
