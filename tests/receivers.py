@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import threading
@@ -113,10 +112,6 @@ class SMTPReceiver:
 
     def stop(self) -> None:
         self._controller.stop()
-
-
-def alertmanager_binary() -> str | None:
-    return shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
 
 
 class Alertmanager:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import stat
 import threading
 import time
@@ -15,7 +14,8 @@ from typing import Any
 
 import pytest
 from apprise.manager_plugins import NotificationManager
-from receivers import Alertmanager, HTTPReceiver, SMTPReceiver, alertmanager_binary, free_port, wait_until
+from receivers import Alertmanager, HTTPReceiver, SMTPReceiver, free_port, wait_until
+from tools import require_program
 
 from xinf_watch.alerts import (
     ALERTMANAGER,
@@ -287,18 +287,9 @@ def test_alertmanager_target_posts_one_alert_with_basic_auth(http: HTTPReceiver)
     assert "s3cr3t" not in str(err.value)
 
 
-needs_alertmanager = pytest.mark.skipif(
-    alertmanager_binary() is None and not os.environ.get("CI"),
-    reason="prometheus-alertmanager is not installed (CI installs it and does not skip)",
-)
-
-
-@needs_alertmanager
 @pytest.mark.system
 def test_real_alertmanager_fires_then_resolves(tmp_path: Path) -> None:
-    binary = alertmanager_binary()
-    assert binary is not None, "CI must install prometheus-alertmanager"
-    am = Alertmanager(binary, tmp_path)
+    am = Alertmanager(require_program("prometheus-alertmanager", "alertmanager"), tmp_path)
     try:
         now = time.time()
         target = AlertmanagerTarget(am.url + "/")

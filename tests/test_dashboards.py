@@ -18,17 +18,15 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import re
-import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
+from tools import require_program
 
 from xinf_watch.model import KeyState, Outcome
 
@@ -369,12 +367,7 @@ def test_substitution_leaves_no_variable() -> None:
 
 
 def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("promtool is missing (CI installs Debian's prometheus package)")
-        pytest.skip("promtool not installed")
-    return path
+    return require_program("promtool")
 
 
 def run_promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

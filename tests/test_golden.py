@@ -25,7 +25,6 @@ import difflib
 import gzip
 import os
 import re
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ import pytest
 import yaml
 from paths import FIXTURES
 from prometheus_client.parser import text_string_to_metric_families
+from tools import require_program
 
 from xinf_watch import __version__
 from xinf_watch.config import parse_duration
@@ -256,11 +256,7 @@ def test_every_line_is_parsed(name: str, replays: Replays) -> None:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_promtool_accepts_exposition(name: str, replays: Replays) -> None:
-    promtool = shutil.which("promtool") or "/usr/bin/promtool"
-    if not Path(promtool).exists():
-        if os.environ.get("CI"):
-            pytest.fail("promtool is not installed (CI must install it: /usr/bin/promtool)")
-        pytest.skip("promtool is not installed")
+    promtool = require_program("promtool")
     checked = subprocess.run(
         [promtool, "check", "metrics"], input=replays.alerts.metrics, capture_output=True, timeout=30
     )

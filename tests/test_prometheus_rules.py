@@ -3,25 +3,19 @@ and every xinf-watch metric they use is one the daemon exports."""
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from tools import require_program
 
 RULES_DIR = Path(__file__).resolve().parents[1] / "rules" / "prometheus"
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("promtool is missing (CI installs Debian's prometheus package)")
-        pytest.skip("promtool not installed")
-    return path
+    return require_program("promtool")
 
 
 @pytest.mark.parametrize("rules", sorted(RULES_DIR.glob("*.rules.yml")), ids=lambda p: p.name)

@@ -57,9 +57,7 @@ from __future__ import annotations
 from collections import deque
 from types import MappingProxyType
 
-import orjson
-
-from xinf_watch.formats.common import Parser
+from xinf_watch.formats.common import Parser, json_object
 from xinf_watch.formats.xinference import millisecond_timestamps
 from xinf_watch.model import KeyHint, LineResult, Record
 
@@ -150,19 +148,15 @@ def _text(obj: dict[str, object], name: str) -> str:
 
 def compile_audit() -> Parser:
     """A parser for audit.log lines; keeps the small state that drops a request's second row."""
-    loads = orjson.loads
     ts_of = millisecond_timestamps()
     recent = _RecentIds(RECENT_REQUEST_IDS)
     auth_check = _AuthCheckRows()
     hints: dict[tuple[str, str, str, str], KeyHint] = {}  # the same few keys, line after line
 
     def parse(line: str) -> Record | LineResult:
-        try:
-            obj = loads(line)
-        except orjson.JSONDecodeError:
-            return LineResult.SKIPPED if not line.strip() else LineResult.UNPARSED
-        if type(obj) is not dict:
-            return LineResult.UNPARSED
+        obj = json_object(line)
+        if isinstance(obj, LineResult):
+            return obj
         endpoint, status_text, code = obj.get("endpoint"), obj.get("status"), obj.get("status_code")
         if type(code) is not int or not 100 <= code <= 599:
             code = STATUS_CODES.get(status_text) if type(status_text) is str else None

@@ -10,6 +10,9 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
+from typing import Any
+
+import orjson
 
 from xinf_watch.model import LineResult, Record
 
@@ -23,6 +26,15 @@ _NGINX_ESCAPE = re.compile(rb"\\x([0-9A-Fa-f]{2})")
 _HAPROXY_ESCAPE = re.compile(rb"#([0-9A-Fa-f]{2})")
 _GO_DURATION_PART = re.compile(r"([0-9]*\.?[0-9]+)(ns|us|µs|μs|ms|s|m|h)")
 _GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def json_object(line: str) -> dict[str, Any] | LineResult:
+    """One JSON-lines record as a dict: blank -> SKIPPED, anything but an object -> UNPARSED."""
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return LineResult.SKIPPED if not line.strip() else LineResult.UNPARSED
+    return obj if type(obj) is dict else LineResult.UNPARSED
 
 
 def split_request(request: str) -> tuple[str, str]:

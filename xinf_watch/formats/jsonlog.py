@@ -34,9 +34,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-import orjson
-
-from xinf_watch.formats.common import ABSENT, Parser, go_duration, split_request, to_float
+from xinf_watch.formats.common import ABSENT, Parser, go_duration, json_object, split_request, to_float
 from xinf_watch.formats.timeparse import LastValueCache, epoch_seconds, parse_any
 from xinf_watch.model import LineResult, Record
 
@@ -239,7 +237,6 @@ def compile_json(preset: str | None, fields: Mapping[str, str] | None) -> Parser
 def _build_parser(
     paths: dict[str, Path], scale: float, own_line: Callable[[dict[str, Any]], bool] | None
 ) -> Parser:
-    loads = orjson.loads
     ts_text = LastValueCache(parse_any)
     p_ts, p_ip, p_status = paths["ts"], paths["ip"], paths["status"]
     p_method, p_path, p_request = paths.get("method"), paths.get("path"), paths.get("request")
@@ -266,12 +263,9 @@ def _build_parser(
         return seconds if math.isfinite(seconds) else None
 
     def parse(line: str) -> Record | LineResult:
-        try:
-            obj = loads(line)
-        except orjson.JSONDecodeError:
-            return LineResult.SKIPPED if not line.strip() else LineResult.UNPARSED
-        if type(obj) is not dict:
-            return LineResult.UNPARSED
+        obj = json_object(line)
+        if isinstance(obj, LineResult):
+            return obj
         if own_line is not None and own_line(obj):
             return LineResult.SKIPPED
         ts = timestamp(resolve(obj, p_ts))
