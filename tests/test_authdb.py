@@ -28,8 +28,9 @@ import pytest
 from paths import FIXTURES
 
 from xinf_watch import authdb
-from xinf_watch.keyfiles import KeyFileError, KeySources, load_registry
+from xinf_watch.keyfiles import KeyFileError, load_registry
 from xinf_watch.keys import KeyRegistry
+from xinf_watch.keysources import KeySources
 from xinf_watch.model import CredentialKind, KeyHint, KeyState
 
 # xinference/api/oauth2/advanced/database.py SCHEMA_SQL + the migration's oidc_sub index

@@ -35,8 +35,9 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from xinf_watch.alerts import AlertJournal, Deliverer, build_targets, targets_for
 from xinf_watch.config import Config, ConfigError, SourceConfig, load_config
-from xinf_watch.keyfiles import KeyFileError, KeySources
+from xinf_watch.keyfiles import KeyFileError
 from xinf_watch.keys import KeyRegistry
+from xinf_watch.keysources import KeySources
 from xinf_watch.metrics import MetricsStore, StoreCollector
 from xinf_watch.model import Alert
 from xinf_watch.pipeline import Pipeline
