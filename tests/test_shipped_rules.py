@@ -2,8 +2,8 @@
 
 Every config here is rules/rules.yaml itself with only `sources`, `keys` and `networks` replaced
 (the fixture file; the recording's key files; `internal` = the recording's 127.0.1.0/24), and the
-lines go through the real stages: `Pipeline.build` (parser, key registry, scope map) and a
-`RuleEngine`. Three kinds of test:
+lines go through the real stages: `Pipeline.build` (parser, key registry, scope map, and the
+`RuleEngine` of the config). Three kinds of test:
 
 1. For EACH shipped rule: real lines where it fires, and real lines where it must not (the same
    log minus the incident, or another scenario). A shipped rule without both fails the suite.
@@ -42,7 +42,6 @@ from xinf_watch.config import load_config
 from xinf_watch.keyfiles import load_registry
 from xinf_watch.model import Alert, Event
 from xinf_watch.pipeline import Pipeline
-from xinf_watch.rules import RuleEngine
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "rules" / "rules.yaml"
@@ -117,10 +116,7 @@ class Run:
     def __init__(self, tmp_path: Path, log: str, **options: Any) -> None:
         config = load_config(write_rules(tmp_path, LOGS[log], **options))
         self.pipeline = Pipeline.build(config, load_registry(config.keys))
-        self.engine = RuleEngine(
-            config.rules, self.pipeline.current_registry, [s.name for s in config.sources]
-        )
-        self.pipeline.engine = self.engine
+        self.engine = self.pipeline.engine
         self.alerts: list[Alert] = []
         self.last_ts = 0.0
 

@@ -26,7 +26,6 @@ from xinf_watch.metrics import MetricsStore, StoreCollector, exposition
 from xinf_watch.model import Severity
 from xinf_watch.pipeline import Pipeline
 from xinf_watch.replay import ReplayInput, replay, source_files
-from xinf_watch.rules import RuleEngine
 
 
 class Exit(IntEnum):
@@ -324,8 +323,6 @@ def cmd_replay(args: argparse.Namespace, out: TextIO) -> int:
             raise UsageError(f"{item.path}: no such file")
     store = MetricsStore()
     pipeline = Pipeline.build(config, registry, store, extra_sources=extra)
-    pipeline.engine = RuleEngine(config.rules, pipeline.current_registry,
-                                 sources=[s.name for s in (*config.sources, *extra)])
 
     def write(obj: dict[str, object]) -> None:
         out.write(orjson.dumps(obj).decode() + "\n")

@@ -154,9 +154,8 @@ class Daemon:
         checkpoint = self.state.load()
         self.store = MetricsStore()
         self.store.restore(checkpoint.blobs.get("metrics", {}))
-        self.pipeline = Pipeline.build(self.config, self.registry, self.store, engine=None)
-        self.engine = self._engine(self.config, checkpoint.blobs.get("rules"))
-        self.pipeline.engine = self.engine
+        self.pipeline = Pipeline.build(self.config, self.registry, self.store,
+                                       rule_state=checkpoint.blobs.get("rules"))
         self.tailers = {
             s.name: self._tailer(s, checkpoint.positions.get(s.name)) for s in self.config.sources
         }
@@ -184,11 +183,9 @@ class Daemon:
     def _current_registry(self) -> KeyRegistry:
         return self.pipeline.registry
 
-    def _engine(self, config: Config, snapshot: Any) -> RuleEngine:
-        engine = RuleEngine(config.rules, self._current_registry, [s.name for s in config.sources])
-        if snapshot:
-            engine.restore(snapshot)
-        return engine
+    @property
+    def engine(self) -> RuleEngine:
+        return self.pipeline.engine
 
     def _tailer(self, source: SourceConfig, saved: list[dict[str, Any]] | None) -> SourceTailer:
         positions = [position_from_json(p) for p in saved or ()]
@@ -342,9 +339,9 @@ class Daemon:
             config = load_config(self.rules_path)
             key_sources = KeySources(config.keys)
             registry = key_sources.load()
-            pipeline = Pipeline.build(config, registry, self.store, engine=None)
+            # rule state carries over, by rule name
+            pipeline = Pipeline.build(config, registry, self.store, rule_state=self.engine.snapshot())
             targets = self._targets(config)
-            engine = self._engine(config, self.engine.snapshot())  # rule state carries over, by rule name
         except Exception as exc:  # config, key files, targets, rule state: all refused the same way
             self.stats.reloads["failure"] = self.stats.reloads.get("failure", 0) + 1
             why = str(exc) if isinstance(exc, ConfigError | KeyFileError) else f"{type(exc).__name__}: {exc}"
@@ -357,7 +354,6 @@ class Daemon:
                 log.warning("reload: %s changed (%s -> %s): takes effect at the next start", what, old, new)
         with self.lock:
             self.config, self.key_sources, self.registry = config, key_sources, registry
-            self.engine = pipeline.engine = engine
             self.pipeline = pipeline
             kept = {s.name: self.tailers[s.name] for s in config.sources if s.name in self.tailers
                     and self.tailers[s.name].pattern == s.path}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from xinf_watch.attribute import Attributor
 from xinf_watch.config import Config, ConfigError, SourceConfig
@@ -55,19 +56,15 @@ def build_source_stage(
 
 
 class Pipeline:
-    def __init__(
-        self,
-        config: Config,
-        registry: KeyRegistry,
-        stages: dict[str, SourceStage],
-        store: MetricsStore,
-        engine: RuleEngine | None = None,
-    ) -> None:
+    """Built by `build`: one stage per source, the metric store, and the rule engine of the config."""
+
+    def __init__(self, config: Config, registry: KeyRegistry, store: MetricsStore,
+                 sources: Sequence[SourceConfig]) -> None:
         self.config = config
         self.registry = registry
-        self.stages = stages
         self.store = store
-        self.engine = engine
+        self.stages: dict[str, SourceStage] = {}
+        self.engine = RuleEngine(config.rules, self.current_registry, [s.name for s in sources])
 
     @classmethod
     def build(
@@ -75,12 +72,15 @@ class Pipeline:
         config: Config,
         registry: KeyRegistry,
         store: MetricsStore | None = None,
-        engine: RuleEngine | None = None,
         extra_sources: Sequence[SourceConfig] = (),
+        rule_state: dict[str, Any] | None = None,
     ) -> Pipeline:
-        pipeline = cls(config, registry, {}, store or MetricsStore(), engine)
+        """Every stage of `config` (plus ad-hoc sources), or `ConfigError` with all that is wrong;
+        `rule_state` is a `RuleEngine.snapshot()` to carry on from (a restart, a reload)."""
+        sources = (*config.sources, *extra_sources)
+        pipeline = cls(config, registry, store or MetricsStore(), sources)
         errors: list[str] = []
-        for index, source in enumerate((*config.sources, *extra_sources)):
+        for index, source in enumerate(sources):
             try:
                 pipeline.stages[source.name] = build_source_stage(
                     config, index, source, pipeline.current_registry
@@ -89,6 +89,8 @@ class Pipeline:
                 errors.extend(exc.errors)
         if errors:
             raise ConfigError(tuple(errors))
+        if rule_state:
+            pipeline.engine.restore(rule_state)
         return pipeline
 
     def current_registry(self) -> KeyRegistry:
@@ -106,7 +108,7 @@ class Pipeline:
     def process(self, source: str, record: Record) -> tuple[Event, list[Alert]]:
         event = self.stages[source].attributor.attribute(record)
         self.store.observe(event)
-        alerts = self.engine.observe(event) if self.engine is not None else []
+        alerts = self.engine.observe(event)
         for alert in alerts:
             self.store.record_alert(alert)
         return event, alerts
@@ -118,8 +120,6 @@ class Pipeline:
         return self.process(source, record)[1]
 
     def advance(self, now: float) -> list[Alert]:
-        if self.engine is None:
-            return []
         alerts = self.engine.advance(now)
         for alert in alerts:
             self.store.record_alert(alert)
