@@ -392,12 +392,12 @@ def test_distinct_counts_distinct_values_in_the_window_and_resolves(tmp_path: Pa
     assert alert.kind == "distinct" and alert.group == {"ip": "203.0.113.9"} and alert.key == "unknown"
     assert alert.extra == {"distinct": 5}
     assert (alert.count, alert.first_ts, alert.last_ts) == (5, T0 + 1.9, T0 + 5)
-    assert alert.summary == "5 distinct fingerprint values from ip 203.0.113.9 in 1m"
+    assert alert.summary == "5 distinct unknown keys from ip 203.0.113.9 in 1m"
     assert eng.advance(T0 + 62.5) == []  # 3 left in the last minute
     (done,) = eng.advance(T0 + 63.5)  # 2: half of 5
     assert done.status is AlertStatus.RESOLVED and done.id == alert.id
     assert done.extra == {"distinct": 5}
-    assert done.summary == "resolved: down to 2 distinct fingerprint values from ip 203.0.113.9 in 1m"
+    assert done.summary == "resolved: down to 2 distinct unknown keys from ip 203.0.113.9 in 1m"
 
 
 def test_distinct_values_of_other_groups_do_not_add_up(tmp_path: Path) -> None:

@@ -165,7 +165,7 @@ def settle(rule: CompiledRule, now: float) -> list[Alert]:
         if rule.kind == "distinct":
             _forget_before(state.values, now - cfg.window)
             level, firing_level = len(state.values), float(cfg.count)
-            counted = f"distinct {cfg.value} values"
+            counted = summaries.distinct_noun(cfg.value)
         else:
             assert state.counter is not None
             level = state.counter.count(now)

@@ -9,7 +9,7 @@ as its short fingerprint), so neither does a summary.
     match      key mlops-ci used from 127.0.1.52 for models:write (not in its permissions):
                POST /v1/models -> 403 (insufficient_scope)
     threshold  20 matching requests from ip 127.77.40.2 in 1m
-    distinct   10 distinct fingerprint values from ip 127.88.66.6 in 5m
+    distinct   10 distinct unknown keys from ip 127.88.66.6 in 5m
     new_value  key analyst-notebook seen from new ip 127.0.1.140 (GET /v1/models -> 200)
     spike      60 requests from key alice in 5m, 12.0x the usual 5.0
     resolved   resolved: down to 10 matching requests from ip 127.88.70.2 in 1m
@@ -76,10 +76,21 @@ def threshold(level: int, fields: Sequence[str], group: Sequence[str], window: f
     return _sentence(f"{level} matching requests", _group(fields, group), f"in {describe_duration(window)}")
 
 
+# What a distinct rule counts, in words; other fields read "distinct <field> values".
+_DISTINCT_NOUNS = {"fingerprint": "unknown keys", "ip": "client IPs", "key": "keys"}
+
+
+# What a distinct rule counts, in words; other fields read "distinct <field> values".
+_DISTINCT_NOUNS = {"fingerprint": "unknown keys", "ip": "client IPs", "key": "keys"}
+
+
+def distinct_noun(value: str) -> str:
+    return "distinct " + _DISTINCT_NOUNS.get(value, f"{value} values")
+
+
 def distinct(level: int, value: str, fields: Sequence[str], group: Sequence[str], window: float) -> str:
-    return _sentence(
-        f"{level} distinct {value} values", _group(fields, group), f"in {describe_duration(window)}"
-    )
+    counted = f"{level} {distinct_noun(value)}"
+    return _sentence(counted, _group(fields, group), f"in {describe_duration(window)}")
 
 
 def spike(
