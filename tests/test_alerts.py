@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from apprise.manager_plugins import NotificationManager
 from receivers import Alertmanager, HTTPReceiver, SMTPReceiver, free_port, wait_until
@@ -322,3 +323,16 @@ def test_journal_appends_one_line_per_alert(tmp_path: Path) -> None:
     ]
     assert lines[0] == make_alert(1).to_json()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_journal_writes_each_transition_once_across_reopen(tmp_path: Path) -> None:
+    """The daemon journals before it commits: after a crash the same batch comes again, and the
+    journal (reopened by the restarted daemon) must not write it twice."""
+    path = tmp_path / "alerts.jsonl"
+    first, second = make_alert(1), make_alert(2)
+    AlertJournal(path).append([first])
+    again = AlertJournal(path)  # a restart
+    again.append([first, second])
+    again.append([second])
+    ids = [orjson.loads(line)["id"] for line in path.read_bytes().splitlines()]
+    assert ids == [first.id, second.id]

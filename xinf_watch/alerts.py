@@ -22,6 +22,7 @@ Rules:
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import os
 import re
@@ -365,19 +366,48 @@ class Deliverer:
 
 
 class AlertJournal:
-    """Append-only JSON lines, one per alert transition, mode 0600.
+    """Append-only JSON lines, one per alert transition, mode 0600; each transition once.
 
+    The daemon journals a batch's alerts before it commits them, so a crash cannot leave a
+    committed alert out of the journal; a batch read again after a crash makes the same alerts
+    (same id and status), which are recognised among the last `REMEMBER` transitions (read back
+    from the file's end when the journal is opened) and not written twice.
     The file is opened (append mode) for each batch, so a journal rotated by rename continues in a
     fresh file without a reopen signal.
     """
 
+    REMEMBER = 4096
+    _TAIL_BYTES = 2 << 20
+
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self._recent: OrderedDict[tuple[str, str], None] = OrderedDict()
+        for line in self._tail():
+            with contextlib.suppress(orjson.JSONDecodeError, AttributeError, KeyError, TypeError):
+                alert = orjson.loads(line)
+                self._remember((str(alert["id"]), str(alert["status"])))
+
+    def _tail(self) -> list[bytes]:
+        try:
+            with self.path.open("rb") as f:
+                size = f.seek(0, os.SEEK_END)
+                f.seek(max(0, size - self._TAIL_BYTES))
+                data = f.read()
+        except OSError:
+            return []
+        lines = data.split(b"\n")
+        return lines[1:] if len(data) == self._TAIL_BYTES else lines  # the first may be cut
+
+    def _remember(self, key: tuple[str, str]) -> None:
+        self._recent[key] = None
+        if len(self._recent) > self.REMEMBER:
+            self._recent.popitem(last=False)
 
     def append(self, alerts: Sequence[Alert]) -> None:
-        if not alerts:
+        new = [a for a in alerts if (a.id, a.status.value) not in self._recent]
+        if not new:
             return
-        data = b"".join(orjson.dumps(alert.to_json()) + b"\n" for alert in alerts)
+        data = b"".join(orjson.dumps(alert.to_json()) + b"\n" for alert in new)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             os.fchmod(fd, 0o600)
@@ -386,3 +416,5 @@ class AlertJournal:
                 view = view[os.write(fd, view) :]
         finally:
             os.close(fd)
+        for alert in new:
+            self._remember((alert.id, alert.status.value))

@@ -282,9 +282,11 @@ class Daemon:
             self._dirty = self._dirty or lines > 0
             if not alerts and not (force_commit and self._dirty):
                 return False
+            # Journal first: a crash before the commit re-reads the lines and makes the same
+            # alerts, which the journal recognises; a crash after it cannot lose a journal line.
+            self.journal.append(alerts)
             self._commit(alerts)
         if alerts:
-            self.journal.append(alerts)
             self.sender_wake.set()
         return True
 
