@@ -25,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from xinf_watch import __version__
 from xinf_watch.cli import main
+from xinf_watch.config import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 BAD = Path(__file__).parent / "data" / "bad"
@@ -378,3 +379,10 @@ def test_closed_stdout_is_not_an_error() -> None:
     assert orjson.loads(first)["source"] == "replay"
     assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
     assert (code, stderr) == (0, ""), f"exit code {code}, stderr {stderr!r}"
+
+
+@pytest.mark.parametrize("argv", [["--debug", "check"], ["check", "--debug"]])
+def test_debug_shows_the_traceback_before_or_after_the_command(tmp_path: Path, argv: list[str]) -> None:
+    missing = tmp_path / "missing.yaml"
+    with pytest.raises(ConfigError, match="cannot read"):
+        main([*argv, "--rules", str(missing)])

@@ -62,9 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"xinf-watch {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # --debug is accepted after the command too (`xinf-watch check --rules x --debug`)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show tracebacks on errors")
 
     run = commands.add_parser(
-        "run", help="run the daemon in the foreground (the default: `xinf-watch --rules FILE`)",
+        "run", parents=[common],
+        help="run the daemon in the foreground (the default: `xinf-watch --rules FILE`)",
         description="Follow the configured log files, export metrics, raise alerts. Stops cleanly on "
         "SIGTERM/SIGINT; SIGHUP reloads rules.yaml and the key files (a broken new config is refused "
         "and the running one kept).",
@@ -74,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="log verbosity on stderr (default: info)")
 
     check = commands.add_parser(
-        "check",
+        "check", parents=[common],
         help="validate the config, key files and log formats",
         description="Validate rules.yaml, the key files it names and its log formats. "
         "Exit 0 when valid, 2 when not; every problem is one line naming file, line and field.",
@@ -82,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--rules", required=True, type=Path, metavar="FILE", help="the rules.yaml to check")
 
     demo = commands.add_parser(
-        "demo", help="a live daemon on simulated gateway traffic, nothing to set up",
+        "demo", parents=[common], help="a live daemon on simulated gateway traffic, nothing to set up",
         description="Start the real daemon with the shipped rules on a temporary directory, append "
         "simulated nginx traffic with incidents, and print the alerts as they fire.",
     )
@@ -91,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, metavar="PORT", help="metrics port (default: a free one)")
 
     rp = commands.add_parser(
-        "replay",
+        "replay", parents=[common],
         help="process log files start to end and print the alerts",
         description="Read log files start to end through the same stages as the daemon, with the "
         "clock taken from the log timestamps. Prints alerts (or, with --events, every attributed "
@@ -136,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     keys_commands = keys.add_subparsers(dest="keys_command", metavar="COMMAND", required=True)
     audit = keys_commands.add_parser(
-        "audit",
+        "audit", parents=[common],
         help="key hygiene report: expired, expiring, no expiry, too old, admin, shared keys",
         description="Judge every key of rules.yaml's key files: expired, expiring, no expiry, too "
         "old, admin, shared (no owner), unknown permissions, no allowed_ips, revoked. A table on "
