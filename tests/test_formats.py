@@ -236,7 +236,7 @@ def test_formats_and_presets_are_exported() -> None:
         "nginx", "json", "haproxy", "xinference", "xinference-audit", "regex"
     }
     assert set(NGINX_PRESETS) == {"combined", "combined_key"}
-    assert set(JSON_PRESETS) == {"nginx-json", "caddy", "traefik"}
+    assert set(JSON_PRESETS) == {"nginx-json", "caddy", "traefik", "kong", "apisix"}
 
 
 @pytest.mark.parametrize(
@@ -252,7 +252,7 @@ def test_formats_and_presets_are_exported() -> None:
         ({"format": "nginx", "log_format": "   "}, "empty"),
         ({"format": "nginx", "pattern": "x"}, "option pattern does not apply"),
         ({"format": "json"}, "needs a preset"),
-        ({"format": "json", "preset": "kong"}, "unknown json preset 'kong'"),
+        ({"format": "json", "preset": "envoy"}, "unknown json preset 'envoy'"),
         ({"format": "json", "fields": {"ip": "a"}}, "no path for ts, method, path, status"),
         ({"format": "json", "preset": "caddy", "fields": {"useragent": "x"}}, "unknown field 'useragent'"),
         ({"format": "json", "preset": "caddy", "fields": {"ip": "a..b"}}, "is not a path"),

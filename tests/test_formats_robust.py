@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from paths import FIXTURES
+from test_formats_gateways import APISIX, KONG
 
 from xinf_watch.formats import Parser, build_parser
 from xinf_watch.model import LineResult, Record
@@ -43,6 +44,8 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "json-nginx-json": {"format": "json", "preset": "nginx-json"},
     "json-caddy": {"format": "json", "preset": "caddy"},
     "json-traefik": {"format": "json", "preset": "traefik"},
+    "json-kong": {"format": "json", "preset": "kong"},
+    "json-apisix": {"format": "json", "preset": "apisix"},
     "json-fields": {
         "format": "json",
         "fields": {
@@ -85,6 +88,8 @@ REAL_LINES: dict[str, list[str]] = {
     "json-caddy": fixture_lines("caddy/access_log_credentials.log", 3)
     + fixture_lines("caddy/caddy-process.log", 2),
     "json-traefik": [TRAEFIK],
+    "json-kong": [orjson.dumps(KONG).decode()],
+    "json-apisix": [orjson.dumps(APISIX).decode()],
     "json-fields": [
         '{"a":{"t":1795849556123,"ip":["10.0.0.1"]},"r":"GET /x HTTP/1.1","s":[200],"d":0.5,"n":"12"}'
     ],

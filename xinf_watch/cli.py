@@ -43,6 +43,8 @@ FORMAT_SHORTHANDS: dict[str, tuple[str, str | None, str | None]] = {
     "nginx-json": ("json", None, "nginx-json"),
     "caddy": ("json", None, "caddy"),
     "traefik": ("json", None, "traefik"),
+    "kong": ("json", None, "kong"),
+    "apisix": ("json", None, "apisix"),
     "haproxy": ("haproxy", None, None),
     "xinference": ("xinference", None, None),
     "xinference-audit": ("xinference-audit", None, None),

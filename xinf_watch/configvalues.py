@@ -31,7 +31,7 @@ T = TypeVar("T")
 
 SOURCE_FORMATS = ("nginx", "json", "haproxy", "xinference", "xinference-audit", "regex")
 NGINX_PRESETS = ("combined", "combined_key")
-JSON_PRESETS = ("caddy", "traefik", "nginx-json")
+JSON_PRESETS = tuple(jsonlog.JSON_PRESETS)
 EVENT_FIELDS = (
     "ts", "source", "ip", "ip_forwarded", "method", "path", "status", "outcome", "reason", "credential",
     "key", "owner", "key_state", "scope", "scope_allowed", "ip_allowed", "user_agent", "request_id",

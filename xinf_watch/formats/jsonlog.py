@@ -116,6 +116,41 @@ JSON_PRESETS: Mapping[str, JsonPreset] = MappingProxyType(
             },
             _traefik_own_line,
         ),
+        # Kong's log plugins (file-log, http-log, tcp-log...): its documented log object. The
+        # consumer name stands in for the credential when key-auth hid the header (hide_credentials).
+        "kong": JsonPreset(
+            {
+                "ts": "started_at",
+                "ip": "client_ip",
+                "method": "request.method",
+                "path": "request.uri",
+                "status": "response.status",
+                "bytes": "response.size",
+                "duration": "latencies.request",
+                "duration_unit": "ms",
+                "credential": "request.headers.authorization|request.headers.x-api-key|consumer.username",
+                "user_agent": "request.headers.user-agent",
+                "request_id": "response.headers.x-kong-request-id|request.headers.x-request-id",
+                "forwarded_for": "request.headers.x-forwarded-for",
+            }
+        ),
+        # Apache APISIX's loggers (file-logger, http-logger...), their default log format.
+        "apisix": JsonPreset(
+            {
+                "ts": "start_time",
+                "ip": "client_ip",
+                "method": "request.method",
+                "path": "request.uri",
+                "status": "response.status",
+                "bytes": "response.size",
+                "duration": "latency",
+                "duration_unit": "ms",
+                "credential": "request.headers.authorization|request.headers.apikey|consumer.username",
+                "user_agent": "request.headers.user-agent",
+                "request_id": "request.headers.x-request-id|response.headers.x-request-id",
+                "forwarded_for": "request.headers.x-forwarded-for",
+            }
+        ),
     }
 )
 
