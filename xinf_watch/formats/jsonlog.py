@@ -128,7 +128,10 @@ JSON_PRESETS: Mapping[str, JsonPreset] = MappingProxyType(
                 "bytes": "response.size",
                 "duration": "latencies.request",
                 "duration_unit": "ms",
-                "credential": "request.headers.authorization|request.headers.x-api-key|consumer.username",
+                "credential": (
+                    "request.headers.authorization|request.headers.apikey|request.headers.x-api-key"
+                    "|consumer.username"
+                ),
                 "user_agent": "request.headers.user-agent",
                 "request_id": "response.headers.x-kong-request-id|request.headers.x-request-id",
                 "forwarded_for": "request.headers.x-forwarded-for",
