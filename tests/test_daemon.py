@@ -13,6 +13,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from harness import (
@@ -28,6 +29,7 @@ from harness import (
     received_alerts,
     total,
 )
+from paths import FIXTURES
 from prometheus_client.registry import CollectorRegistry
 from receivers import HTTPReceiver, wait_until
 
@@ -366,3 +368,42 @@ def test_rotation_counters_continue_when_a_tailer_starts_again_from_zero(tmp_pat
     daemon._tailer_stats("gw", tailer(1, 0))  # type: ignore[arg-type]  # a new tailer (reload)
     assert daemon.store.rotations == {"gw": 8}
     assert daemon.store.truncations == {"gw": 3}
+
+
+def test_a_line_that_fails_to_process_is_counted_and_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Whatever goes wrong with one line (a bug), the loop goes on with the next ones."""
+    from xinf_watch.daemon import Daemon
+
+    log_file = tmp_path / "access.log"
+    lines = (FIXTURES / "nginx" / "access_combined_key.log").read_text().splitlines()[:5]
+    log_file.write_text("\n".join(lines) + "\n")
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        f"sources: [{{name: gw, path: {log_file}, format: nginx, start_at: beginning}}]\n"
+        f"state: {{dir: {tmp_path / 'state'}}}\n"
+    )
+    daemon = Daemon(rules)
+    daemon.start()
+    try:
+        real = daemon.pipeline.process_line
+
+        def flaky(source: str, line: str) -> list[Any]:
+            if line == lines[2]:
+                raise RuntimeError("a bug in some stage")
+            return real(source, line)
+
+        monkeypatch.setattr(daemon.pipeline, "process_line", flaky)
+        with caplog.at_level("ERROR", logger="xinf_watch"):
+            daemon.turn(force_commit=True)
+        parsed = daemon.store.lines.get(("gw", "parsed"), 0)
+        assert parsed == 4 and daemon.stats.line_errors == {"gw": 1}
+        assert "a line could not be processed" in caplog.text and "RuntimeError" in caplog.text
+    finally:
+        daemon.stop.set()
+        daemon.sender_wake.set()
+        daemon.sender.join(timeout=5)
+        daemon.tailers["gw"].close()
+        daemon.outbox.close()
+        daemon.state.close()

@@ -76,6 +76,7 @@ class LoopStats:
     batches: int = 0
     lines: int = 0
     evicted: dict[str, int] = field(default_factory=dict)
+    line_errors: dict[str, int] = field(default_factory=dict)
 
 
 class DaemonCollector(Collector):
@@ -100,12 +101,16 @@ class DaemonCollector(Collector):
             batch.add_metric((), s.batch_seconds_sum)
             batches = CounterMetricFamily("xinf_watch_batches", "Batches processed.")
             batches.add_metric((), s.batches)
+            errors = CounterMetricFamily("xinf_watch_line_errors", "Lines skipped because processing them "
+                                         "failed (a bug: the log says which).", labels=("source",))
+            for name, n in sorted(s.line_errors.items()):
+                errors.add_metric((name,), n)
             evicted = CounterMetricFamily("xinf_watch_rule_state_evicted", "Rule groups or values forgotten "
                                           "because a rule's memory cap was reached.", labels=("rule",))
             for rule, n in sorted(s.evicted.items()):
                 evicted.add_metric((rule,), n)
         yield from families
-        yield from (files, reloads, batch, batches, evicted)
+        yield from (files, reloads, batch, batches, evicted, errors)
 
 
 class Daemon:
@@ -267,8 +272,12 @@ class Daemon:
         with self.lock:
             for name, tailer in self.tailers.items():
                 for batch in tailer.poll(BUDGET_BYTES):
+                    process_line = self.pipeline.process_line
                     for line in batch.lines:
-                        alerts.extend(self.pipeline.process_line(name, line))
+                        try:
+                            alerts.extend(process_line(name, line))
+                        except Exception:  # a bug must cost a line, not the daemon: counted, logged
+                            self._line_failed(name)
                     lines += len(batch.lines)
                 self._tailer_stats(name, tailer)
             rule_now = self._event_clock()
@@ -289,6 +298,11 @@ class Daemon:
         if alerts:
             self.sender_wake.set()
         return True
+
+    def _line_failed(self, source: str) -> None:
+        self.stats.line_errors[source] = n = self.stats.line_errors.get(source, 0) + 1
+        if n == 1 or n % 1000 == 0:  # the traceback once, then a reminder now and then
+            log.exception("%s: a line could not be processed (%d so far); it is skipped", source, n)
 
     def _event_clock(self) -> float | None:
         """Rule time: the log's own time, moved on by the wall clock while no line arrives.
