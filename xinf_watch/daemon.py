@@ -152,15 +152,14 @@ class Daemon:
 
     def start(self) -> None:
         """Load config, keys and state, open the port, start the sender. Raises on a bad config."""
-        self.config = load_config(self.rules_path)
-        self.key_sources = KeySources(self.config.keys)
-        self.registry = self.key_sources.load()
-        self.state = StateStore(self.config.state.dir, log=log.error)
+        config = load_config(self.rules_path)
+        self.key_sources = KeySources(config.keys)
+        registry = self.key_sources.load()
+        self.state = StateStore(config.state.dir, log=log.error)
         checkpoint = self.state.load()
         self.store = MetricsStore()
         self.store.restore(checkpoint.blobs.get("metrics", {}))
-        self.pipeline = Pipeline.build(self.config, self.registry, self.store,
-                                       rule_state=checkpoint.blobs.get("rules"))
+        self.pipeline = Pipeline.build(config, registry, self.store, rule_state=checkpoint.blobs.get("rules"))
         self.tailers = {
             s.name: self._tailer(s, checkpoint.positions.get(s.name)) for s in self.config.sources
         }
@@ -186,6 +185,15 @@ class Daemon:
         log.info("metrics on http://%s/metrics", self.server.address)
 
     def _current_registry(self) -> KeyRegistry:
+        return self.pipeline.registry
+
+    # The running config, keys and rules are the pipeline's: one reference, swapped on reload.
+    @property
+    def config(self) -> Config:
+        return self.pipeline.config
+
+    @property
+    def registry(self) -> KeyRegistry:
         return self.pipeline.registry
 
     @property
@@ -369,7 +377,7 @@ class Daemon:
             if old != new:
                 log.warning("reload: %s changed (%s -> %s): takes effect at the next start", what, old, new)
         with self.lock:
-            self.config, self.key_sources, self.registry = config, key_sources, registry
+            self.key_sources = key_sources
             self.pipeline = pipeline
             kept = {s.name: self.tailers[s.name] for s in config.sources if s.name in self.tailers
                     and self.tailers[s.name].pattern == s.path}
@@ -391,7 +399,6 @@ class Daemon:
             return
         if registry is not None:
             with self.lock:
-                self.registry = registry
                 self.pipeline.registry = registry
             log.info("key files changed: %d keys", len(registry))
 
