@@ -218,29 +218,28 @@ def main(argv: Sequence[str] | None = None) -> int:
                 err=sys.stderr,
             )
         return cmd_replay(args, sys.stdout)
-    except (ConfigError, KeyFileError) as exc:
-        if args.debug:
-            raise
-        for line in str(exc).splitlines():
-            print(line, file=sys.stderr)
-        return Exit.USAGE
-    except UsageError as exc:
-        if args.debug:
-            raise
-        print(f"xinf-watch: {exc}", file=sys.stderr)
-        return Exit.USAGE
     except BrokenPipeError:
         # stdout closed early (`| head`): not an error; keep Python from complaining at exit
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return Exit.OK
-    except OSError as exc:
-        if args.debug:
-            raise
-        print(f"xinf-watch: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
-        return Exit.FAILURE
     except KeyboardInterrupt:
         return 130
+    except (ConfigError, KeyFileError, UsageError, OSError) as exc:
+        if args.debug:
+            raise
+        message, code = describe_error(exc)
+        print(message, file=sys.stderr)
+        return code
 
+
+def describe_error(exc: Exception) -> tuple[str, Exit]:
+    """The user-facing lines for an error the user can cause, and the exit code."""
+    if isinstance(exc, ConfigError | KeyFileError):
+        return str(exc), Exit.USAGE  # already `file:line: path: what (expected ...)`, a line each
+    if isinstance(exc, UsageError):
+        return f"xinf-watch: {exc}", Exit.USAGE
+    assert isinstance(exc, OSError)
+    return f"xinf-watch: {exc.filename or ''}: {exc.strerror or exc}", Exit.FAILURE
 
 def load_everything(rules: Path) -> tuple[Config, KeyRegistry]:
     """Config and key registry, with the errors of both reported together."""
