@@ -45,7 +45,7 @@ CLIENT_CLOSED = 499  # nginx's status for the same event; HAProxy logs -1
 _PREFIX = re.compile(
     r"(?:<[0-9]{1,3}>)?(?:"
     # RFC 5424: VERSION TIMESTAMP HOST APP PROCID MSGID STRUCTURED-DATA
-    r"1 (?P<ts5424>\S+) \S+ (?P<app5424>\S+) \S+ \S+ (?:-|(?:\[(?:[^\]\\]|\\.)*+\])++) (?:\ufeff)?"
+    r"1 (?P<ts5424>\S+) \S+ (?P<app5424>\S+) \S+ \S+ (?:-|(?>(?:\[(?>(?:[^\]\\]|\\.)*)\])+)) (?:\ufeff)?"
     # RFC 3164 or RFC 3339 timestamp, optional host, TAG[PID]:
     r"|(?:(?P<ts3339>[0-9]{4}-[0-9]{2}-[0-9]{2}T\S+)|[A-Z][a-z]{2} [ 0-9][0-9] [0-9]{2}:[0-9]{2}:[0-9]{2})"
     r" (?:\S+ )?(?P<tag>[^\s:\[]+)(?:\[[0-9]+\])?: "
@@ -54,7 +54,7 @@ _PREFIX = re.compile(
 # Groups: client ip, date to the second, its fraction, Ta (the last timer), status, bytes, captured
 # request headers, request line.
 _HTTPLOG = re.compile(
-    r"(\S+):[0-9]+ \[([^\]\s.]*+)(\.[0-9]{1,6})?\] \S+ \S+ (?:[-+0-9]+/)*+\+?(-?[0-9]+) (-?[0-9]{1,3})"
+    r"(\S+):[0-9]+ \[([^\]\s.]*+)(\.[0-9]{1,6})?\] \S+ \S+ (?>(?:[-+0-9]+/)*)\+?(-?[0-9]+) (-?[0-9]{1,3})"
     r" \+?(-?[0-9]+) \S+ \S+ \S+ \S+ \S+ "
     r"(?:\{([^}]*+)\} )?(?:\{[^}]*+\} )?"
     r'"([^"]*+)"?'

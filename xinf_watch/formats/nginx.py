@@ -136,7 +136,7 @@ def _compile_pattern(body: str, escape: str) -> tuple[str, list[str], bool]:
         char_class = typed or _FREE[escape]
         following = tokens[index + 1] if index + 1 < len(tokens) else None
         if following is None or not re.fullmatch(char_class, following[1][0], re.DOTALL):
-            group = f"{char_class}*+"
+            group = f"(?>{char_class}*)"
         elif following[0]:
             group = f"{char_class}*?"
             adjacent = True
@@ -144,8 +144,10 @@ def _compile_pattern(body: str, escape: str) -> tuple[str, list[str], bool]:
             group = f"{typed}*"  # backtracks over its own characters only (`$remote_addr:$remote_port`)
         else:
             # Free text, which a client controls: it ends at the first occurrence of the next literal,
-            # possessively, as letting it backtrack would let a crafted line cost cubic time.
-            group = f"(?:(?!{re.escape(following[1])}){char_class})*+"
+            # atomically, as letting it backtrack would let a crafted line cost cubic time. An atomic
+            # group, not the possessive `(?:...)*+`: before 3.11.5 (gh-106052), CPython's possessive repeat
+            # of a group is wrong, and on Debian 12's 3.11.2 one that starts with a lookahead never matches.
+            group = f"(?>(?:(?!{re.escape(following[1])}){char_class})*)"
         parts.append(f"({group})")
         names.append(text)
     # One trailing empty group: roles the format lacks read it, and "" means absent.
