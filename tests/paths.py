@@ -1,13 +1,10 @@
-"""Where the shared fixtures are: `$XINF_WATCH_FIXTURES`, else `../shared/fixtures` beside the repo.
+"""Where the recorded fixtures are: `tests/fixtures/` (its README says how each file was recorded).
 
-Import it as `from paths import FIXTURES` (pytest puts `tests/` on sys.path; there is no conftest).
+Import it as `from paths import FIXTURES` (pytest puts `tests/` on sys.path).
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-FIXTURES = Path(
-    os.environ.get("XINF_WATCH_FIXTURES") or Path(__file__).resolve().parents[2] / "shared" / "fixtures"
-)
+FIXTURES = Path(__file__).resolve().parent / "fixtures"

@@ -1,4 +1,4 @@
-"""The command line (DESIGN.md section 2): exit codes, one-line errors, replay inputs and outputs.
+"""The command line (docs/DESIGN.md section 2): exit codes, one-line errors, replay inputs and outputs.
 
 A few cases run `python -m xinf_watch` as a real process (what the shell sees: exit status,
 broken pipes, progress on a slow file); the rest call `xinf_watch.cli.main(argv)` in-process.
@@ -33,7 +33,7 @@ GENERATOR = REPO / "bench" / "gen_combined_key.py"
 NGINX_LOG = FIXTURES / "nginx" / "access_combined_key.log"
 NGINX_LINES = len(NGINX_LOG.read_bytes().splitlines())
 
-# DESIGN.md section 7: the fields every `replay --events` line has; plus ip_allowed and fingerprint.
+# docs/DESIGN.md section 7: the fields every `replay --events` line has; plus ip_allowed and fingerprint.
 EVENT_FIELDS = {
     "ts", "source", "ip", "ip_forwarded", "method", "path", "status", "outcome", "reason",
     "credential", "key", "owner", "key_state", "scope", "scope_allowed", "duration", "bytes",

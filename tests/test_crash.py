@@ -1,4 +1,4 @@
-"""kill -9 at random moments while a writer appends: DESIGN.md section 8 end to end.
+"""kill -9 at random moments while a writer appends: docs/DESIGN.md section 8 end to end.
 
 A writer appends 200,000 real gateway lines, with 20 incidents mixed in: a burst of 401s from an
 address of its own, each of which makes the `denied-burst` threshold rule fire, and resolve a few

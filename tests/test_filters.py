@@ -1,4 +1,4 @@
-"""The `when:` filter language (DESIGN.md section 3), field by field, as rules.yaml spells it.
+"""The `when:` filter language (docs/DESIGN.md section 3), field by field, as rules.yaml spells it.
 
 Each filter is loaded from YAML with the real `load_config` (so network names, status classes
 and enums go through the same validation as in production) and compiled with `compile_filter`.

@@ -1,6 +1,6 @@
 """The Kong and APISIX presets of the json format.
 
-No recording of these gateways exists in ../shared/fixtures, so the lines here follow the log
+No recording of these gateways exists in tests/fixtures, so the lines here follow the log
 objects their documentation shows (Kong: the log plugins' sample object; APISIX: the loggers'
 default format), cut to the fields that matter and with the keys of the recorded set A, so that
 attribution is checked against the real key registry.

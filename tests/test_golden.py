@@ -308,7 +308,7 @@ def must_alerts(case: Case) -> list[dict[str, Any]]:
 def learning(rule: str, alert: dict[str, Any], events: list[dict[str, Any]]) -> bool:
     """True when the shipped new_value rule is still learning the key's baseline at the scenario.
 
-    `new_value` never fires during a group's first `learn` (DESIGN.md section 3); in the short
+    `new_value` never fires during a group's first `learn` (docs/DESIGN.md section 3); in the short
     80-second phases the key's first request is less than `learn` before the new address shows up.
     """
     shipped = yaml.safe_load(SHIPPED_RULES.read_text(encoding="utf-8"))["rules"]

@@ -1,4 +1,4 @@
-"""`xinf-watch keys audit` (DESIGN.md section 2): the key hygiene report on the real fixture key files.
+"""`xinf-watch keys audit` (docs/DESIGN.md section 2): the key hygiene report on the real fixture key files.
 
 Set A is Xinference 4.1.0's keys (config/auth.json, migrated, plus keys.yaml), judged just after
 the recording (2026-11-28T07:10:00Z); set B the legacy 2.11.0 `--auth-config` keys. The rules

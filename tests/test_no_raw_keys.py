@@ -1,4 +1,4 @@
-"""Raw keys never leave the registry (DESIGN.md section 4): no output of xinf-watch shows one.
+"""Raw keys never leave the registry (docs/DESIGN.md section 4): no output of xinf-watch shows one.
 
 Every secret of the recordings is collected: the keys of keys.yaml, auth.json and native_keys.json,
 every credential the recorder sent (`auth_header` in events.jsonl: known keys, the sprayed unknown

@@ -34,7 +34,7 @@ def unknown_key(ts: float, fingerprint: str | None, ip: str = "203.0.113.9") -> 
                  scope_allowed=None, fingerprint=fingerprint)  # fmt: skip
 
 
-# -- the alert as a value (DESIGN.md section 7) ----------------------------------------------------
+# -- the alert as a value (docs/DESIGN.md section 7) ----------------------------------------------------
 
 
 def test_alert_json_has_the_contract_fields(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""rules/rules.yaml as shipped, on the real recorded logs of ../shared/fixtures.
+"""rules/rules.yaml as shipped, on the real recorded logs of tests/fixtures.
 
 Every config here is rules/rules.yaml itself with only `sources`, `keys` and `networks` replaced
 (the fixture file; the recording's key files; `internal` = the recording's 127.0.1.0/24), and the

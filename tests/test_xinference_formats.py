@@ -4,7 +4,7 @@ Real lines first: every line of the recordings (fixtures/README.md: set A, Xinfe
 audit.log and xinference.log.gz; set B, Xinference 2.11.0, text and JSON xinference.log) is read,
 and what the parsers make of them is checked against what the recorder sent (events.jsonl). Then
 the layouts the recordings do not have (<= 2.9, IPv6, audit rows of 2.10-3.x), built from the
-format strings of Xinference's source (FACTS.md 4.2, 4.3), and the events the pipeline makes.
+format strings of Xinference's source (docs/xinference/FACTS.md 4.2, 4.3), and the events the pipeline makes.
 """
 
 from __future__ import annotations
@@ -396,7 +396,7 @@ def t(seconds: float) -> str:
 
 
 # 2.10-3.x traffic, row by row as Xinference writes it: (request, row). The auth check
-# writes latency 0, the middleware a measured latency (FACTS.md 4.3 "Gaps and duplicates").
+# writes latency 0, the middleware a measured latency (docs/xinference/FACTS.md 4.3 "Gaps and duplicates").
 KEY = {"auth_type": "api_key", "user": "chatbot", "api_key_name": "ci-bot", "api_key_prefix": "sk-Yn9g"}
 MIDDLEWARE = {"auth_type": "jwt", "user": "", "api_key_name": "", "api_key_prefix": ""}
 JWT = {"auth_type": "jwt", "user": "platform", "api_key_name": "", "api_key_prefix": ""}

@@ -3,7 +3,7 @@ and the alert journal. The only module that imports apprise.
 
 Rules:
 - Every alert reaches people as a readable title and body that end with the alert JSON on its own
-  line (DESIGN.md section 7); Alertmanager gets it as labels and annotations.
+  line (docs/DESIGN.md section 7); Alertmanager gets it as labels and annotations.
 - Delivery is at least once, in order per target: the `Deliverer` takes due rows from the durable
   outbox (`state.Outbox`), sends, and marks each delivered or failed (exponential backoff). A failed
   row holds back the later rows of its own target, never another target. Only a crash between a send

@@ -1,4 +1,4 @@
-"""Command line: argv in, exit code out (DESIGN.md section 2).
+"""Command line: argv in, exit code out (docs/DESIGN.md section 2).
 
 Every failure the user can cause ends as one clear line on stderr and exit code 2 (bad usage,
 invalid config) or 1 (runtime failure); a traceback only with `--debug`.

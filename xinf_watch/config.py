@@ -1,4 +1,4 @@
-"""rules.yaml (DESIGN.md section 3) as typed, frozen objects; parsed once, never read as a dict again.
+"""rules.yaml (docs/DESIGN.md section 3) as typed, frozen objects; parsed once, never read as a dict again.
 
 `load_config(path)` reads the file, validates all of it and either returns a `Config` or raises
 one `ConfigError` carrying every problem as a line `file:line: yaml.path: what (expected what)`.

@@ -1,4 +1,4 @@
-"""The live daemon: wires the stages to I/O (DESIGN.md sections 1 and 8).
+"""The live daemon: wires the stages to I/O (docs/DESIGN.md sections 1 and 8).
 
 One main loop owns the pipeline. It wakes when watchfiles reports a change in a watched directory
 (or after `WAKE_EVERY` at the latest), polls every source's tailer within a byte budget, feeds the

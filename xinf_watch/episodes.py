@@ -6,7 +6,7 @@ notification is tracked but not notified (neither its firing nor, if it ends ins
 its resolution); `notify_held_back` sends one that outlasts the cooldown once the cooldown is over.
 
 An alert's `id` hashes (rule, group, episode start): the firing and its resolution share it, the
-next episode gets a new one, so receivers can de-duplicate (DESIGN.md section 7).
+next episode gets a new one, so receivers can de-duplicate (docs/DESIGN.md section 7).
 """
 
 from __future__ import annotations

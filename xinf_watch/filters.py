@@ -1,6 +1,6 @@
 """The `when:` filter language of rules.yaml, compiled once per rule into one predicate on `Event`.
 
-Semantics (DESIGN.md section 3): every field given must match (AND); a list means any of its
+Semantics (docs/DESIGN.md section 3): every field given must match (AND); a list means any of its
 items (OR). Booleans (`ip_allowed`, `ip_forwarded`, `scope_allowed`) match only events where the
 value is known: an event whose `scope_allowed` is None (permissions unknown) matches neither
 `scope_allowed: true` nor `false`. `scope`, `path`, `key` and `owner` take shell globs; `user_agent`

@@ -60,7 +60,7 @@ KINDS = tuple(SEVERITY)
 _LEGACY = "a legacy sk- key (--auth-config keys never expire; migrated ones get no expiry)"
 _RANK = {Severity.INFO: 0, Severity.WARNING: 1, Severity.CRITICAL: 2}
 
-# Every permission name Xinference has used (xinference/FACTS.md 1.1 and 1.2): era A's names, the
+# Every permission name Xinference has used (docs/xinference/FACTS.md 1.1 and 1.2): era A's names, the
 # current ones, and the legacy aliases still expanded.
 KNOWN_PERMISSIONS = frozenset(
     {"admin", "models:list", "models:read", "models:write", "models:register", "models:start"}

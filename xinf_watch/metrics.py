@@ -1,4 +1,4 @@
-"""Counting events and exposing them in the Prometheus format of DESIGN.md section 6.
+"""Counting events and exposing them in the Prometheus format of docs/DESIGN.md section 6.
 
 Counting happens per line, so it is done in plain dicts keyed by label tuples (`MetricsStore`);
 prometheus-client objects are only built at scrape time by `StoreCollector`. Updating client

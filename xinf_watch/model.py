@@ -154,7 +154,7 @@ class Event:
 
 @dataclass(frozen=True, slots=True)
 class Alert:
-    """One alert transition (firing or resolved); its JSON is the contract of DESIGN.md section 7."""
+    """One alert transition (firing or resolved); its JSON is the contract of docs/DESIGN.md section 7."""
 
     rule: str
     kind: str

@@ -1,4 +1,4 @@
-"""The rule engine: events and a clock in, alert transitions out (DESIGN.md sections 3 and 7).
+"""The rule engine: events and a clock in, alert transitions out (docs/DESIGN.md sections 3 and 7).
 
 This module owns the engine's clock, the dispatch of events to rules, the order of the alerts and
 the engine's state; what each kind does lives beside it: `eventrules` (match, threshold,

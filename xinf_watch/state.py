@@ -1,6 +1,6 @@
 """The state database: one SQLite file, `state.db` in the state dir (authdb.py only reads Xinference's).
 
-It holds what a restart resumes from (DESIGN.md section 8): the read positions of every source, named
+It holds what a restart resumes from (docs/DESIGN.md section 8): the read positions of every source, named
 JSON blobs (metric counters, rule state, ...) and the outbox of alert deliveries. `StateStore.commit`
 writes all three in ONE transaction, so after a crash the positions, the counters, the rule state and
 the alerts that follow from them always agree: a line is either fully accounted for or re-read.
@@ -85,7 +85,7 @@ class Checkpoint:
 class OutboxItem:
     id: int
     target: str
-    alert: dict[str, Any]  # the alert JSON (DESIGN.md section 7)
+    alert: dict[str, Any]  # the alert JSON (docs/DESIGN.md section 7)
     attempts: int
     next_attempt: float
 

@@ -29,7 +29,7 @@ UNPARSED. A second row of a request already counted is SKIPPED:
   row is dropped there; should a request ever get two rows, the later ones are dropped: the parser
   remembers the last `RECENT_REQUEST_IDS` request ids (bounded memory) and skips a row whose id
   is among them.
-* Rows without `request_id` (2.10 to 3.x) come from three writers (Xinference source, FACTS.md
+* Rows without `request_id` (2.10 to 3.x) come from three writers (Xinference source, docs/xinference/FACTS.md
   4.3): the auth check (`latency_ms` 0, every denial and every successful non-inference call),
   the HTTP middleware (`latency_ms` measured), and the login route (`latency_ms` 0). Two kinds of
   middleware row repeat a request the auth check already wrote:
@@ -46,7 +46,7 @@ UNPARSED. A second row of a request already counted is SKIPPED:
   handler ran, so the later row's latency and outcome (a 404 after `success`) are lost.
   Pending auth-check rows are bounded (`MAX_PENDING_ENDPOINTS` x `MAX_PENDING_PER_ENDPOINT`).
 
-Never in audit.log before 4.x, so never counted from it (FACTS.md 4.3): IP-allowlist rejections,
+Never in audit.log before 4.x, so never counted from it (docs/xinference/FACTS.md 4.3): IP-allowlist rejections,
 public routes, the WebUI, `/status`, `/v1/cluster/auth`, and inference calls made with a JWT.
 4.1.0 audits the public routes, the WebUI and logins (the recording); it has no allowlist
 rejection or JWT inference call to tell about those.

@@ -2,7 +2,7 @@
 
 Xinference's RESTful API runs uvicorn with Xinference's logging config, so uvicorn's access lines
 (logger `uvicorn.access`) land in `xinference.log` among the application's own lines. Layouts
-(FACTS.md 4.2):
+(docs/xinference/FACTS.md 4.2):
 
 * <= 2.8:  `2024-11-28 10:15:02,863 uvicorn.access 13543 INFO     <message>`
 * 2.9:     `2026-05-25 10:15:02,863 uvicorn.access 13543 [local@0.0.0.0:9997] INFO     <message>`
