@@ -68,7 +68,12 @@ def position_from_json(d: dict[str, Any]) -> Position:
 
 @dataclass
 class LoopStats:
-    """The daemon's own counters (xinf_watch_* beyond what MetricsStore holds)."""
+    """The daemon's own counters (xinf_watch_* beyond what MetricsStore holds).
+
+    The exported counters are committed with the others (the `loop` blob) and continue across
+    restarts; `evicted` is the rule state's own (saved with it), `files_open` a gauge, `lines` only
+    feeds the STATUS rate.
+    """
 
     files_open: dict[str, int] = field(default_factory=dict)
     reloads: dict[str, int] = field(default_factory=dict)
@@ -77,6 +82,16 @@ class LoopStats:
     lines: int = 0
     evicted: dict[str, int] = field(default_factory=dict)
     line_errors: dict[str, int] = field(default_factory=dict)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"reloads": dict(self.reloads), "batches": self.batches,
+                "batch_seconds_sum": self.batch_seconds_sum, "line_errors": dict(self.line_errors)}
+
+    def restore(self, data: dict[str, Any]) -> None:
+        self.reloads = {str(k): int(v) for k, v in data.get("reloads", {}).items()}
+        self.batches = int(data.get("batches", 0))
+        self.batch_seconds_sum = float(data.get("batch_seconds_sum", 0.0))
+        self.line_errors = {str(k): int(v) for k, v in data.get("line_errors", {}).items()}
 
 
 class DaemonCollector(Collector):
@@ -159,6 +174,7 @@ class Daemon:
         checkpoint = self.state.load()
         self.store = MetricsStore()
         self.store.restore(checkpoint.blobs.get("metrics", {}))
+        self.stats.restore(checkpoint.blobs.get("loop", {}))
         self.pipeline = Pipeline.build(config, registry, self.store, rule_state=checkpoint.blobs.get("rules"))
         self.tailers = {
             s.name: self._tailer(s, checkpoint.positions.get(s.name)) for s in self.config.sources
@@ -343,7 +359,8 @@ class Daemon:
         url = config.alertmanager.url if config.alertmanager else None
         notify = {r.name: r.notify for r in config.rules}
         started = time.perf_counter()
-        blobs: dict[str, Any] = {"metrics": self.store.snapshot(), "rules": self.engine.snapshot()}
+        blobs: dict[str, Any] = {"metrics": self.store.snapshot(), "rules": self.engine.snapshot(),
+                                 "loop": self.stats.snapshot()}
         self.state.commit(
             {name: [position_to_json(p) for p in t.positions()] for name, t in self.tailers.items()},
             blobs,
@@ -367,7 +384,7 @@ class Daemon:
             pipeline = Pipeline.build(config, registry, self.store, rule_state=self.engine.snapshot())
             targets = self._targets(config)
         except Exception as exc:  # config, key files, targets, rule state: all refused the same way
-            self.stats.reloads["failure"] = self.stats.reloads.get("failure", 0) + 1
+            self._count_reload("failure")
             why = str(exc) if isinstance(exc, ConfigError | KeyFileError) else f"{type(exc).__name__}: {exc}"
             log.error("reload failed, keeping the running config:\n%s", why)
             self.notifier.ready("reload failed, running the previous config")
@@ -386,10 +403,15 @@ class Daemon:
                     tailer.close()
             self.tailers = {s.name: kept.get(s.name) or self._tailer(s, None) for s in config.sources}
             self.deliverer.set_targets(targets)
-        self.stats.reloads["success"] = self.stats.reloads.get("success", 0) + 1
+        self._count_reload("success")
         log.info("reloaded %s: %d sources, %d keys, %d rules", self.rules_path, len(config.sources),
                  len(registry), len(config.rules))
         self.notifier.ready("reloaded")
+
+    def _count_reload(self, result: str) -> None:
+        with self.lock:
+            self.stats.reloads[result] = self.stats.reloads.get(result, 0) + 1
+            self._dirty = True  # committed with the next turn, like a line
 
     def _reload_keys_if_changed(self) -> None:
         try:
