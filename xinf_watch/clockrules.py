@@ -4,7 +4,9 @@ Both group by what they watch, whatever `by` says: `absent` by source, `key_expi
 - `absent` fires for a source that has written no line for `for` (counted from the engine's
   start for a source that never wrote) and resolves when it writes again.
 - `key_expiry` looks at every registry key the rule's `when` (`key`, `owner`) picks, only the
-  keys seen in use unless `only_used: false`, and fires for one that still works but expires
+  keys seen in use unless `only_used: false` (and of those, only keys used within
+  `unused_after` when it is set: a key whose clients moved to its successor needs no rotation),
+  and fires for one that still works but expires
   within `within`, has no expiry (`no_expiry`) or is older than `max_age`. It resolves when that
   is no longer true, or when the key leaves the registry or the filter. Expired and revoked keys
   are not its business: the `match` rules on `key_state` report their use.
@@ -13,7 +15,7 @@ The engine decides when to run them (every tick, and key expiry also at a key's 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Set
+from collections.abc import Mapping
 from typing import Any
 
 from xinf_watch.episodes import fire, resolve
@@ -50,7 +52,7 @@ def check_absent(
 
 
 def check_key_expiry(
-    rule: CompiledRule, registry: KeyRegistry, now: float, keys_seen: Set[str]
+    rule: CompiledRule, registry: KeyRegistry, now: float, last_used: Mapping[str, float]
 ) -> list[Alert]:
     out: list[Alert] = []
     cfg = rule.config
@@ -58,8 +60,10 @@ def check_key_expiry(
     owner_ok = glob_matcher(cfg.when.owner) if cfg.when.owner is not None else None
     present: set[Group] = set()
     for entry in registry.entries:
-        if cfg.only_used and entry.alias not in keys_seen:
-            continue
+        if cfg.only_used:
+            used = last_used.get(entry.alias)
+            if used is None or (cfg.unused_after is not None and now - used > cfg.unused_after):
+                continue  # never used, or its clients moved on (to a successor key)
         if key_ok is not None and not key_ok(entry.alias):
             continue
         if owner_ok is not None and not owner_ok(entry.owner):
@@ -89,7 +93,7 @@ def check_key_expiry(
             del rule.firing[group]
             continue
         gone.episode.last_ts = now
-        alert = resolve(rule, group, gone, f"resolved: key {group[0]} is no longer watched")
+        alert = resolve(rule, group, gone, f"resolved: key {group[0]} is no longer watched (unused or gone)")
         if alert is not None:
             out.append(alert)
     return out

@@ -258,11 +258,35 @@ class ThresholdRule(RuleBase):
     window: Duration
 
 
+ALLOWED_IPS = "allowed_ips"  # in a new_value rule's `known`: the key's own allowed_ips
+
+
+def _known_network(value: Any, ctx: LoadContext) -> tuple[Network | str, ...]:
+    return (ALLOWED_IPS,) if value == ALLOWED_IPS else ctx.network_ref(value)
+
+
+def _flatten(items: list[tuple[Network | str, ...]]) -> tuple[Network | str, ...]:
+    return tuple(item for group in items for item in group)
+
+
 class NewValueRule(RuleBase):
     kind: Literal["new_value"]
     value: ValueField
     learn: DurationOrZero = 0.0
     forget: Duration = 30 * 86400.0
+    # addresses never new for this rule: CIDRs, network names, `allowed_ips` (the key's own)
+    known: Annotated[
+        tuple[Network | str, ...],
+        PlainValidator(each(_known_network, empty=True, finish=_flatten)),
+        Expect("a list of CIDRs, network names or allowed_ips"),
+    ] = ()
+
+    @model_validator(mode="after")
+    def _known_needs_addresses(self) -> Self:
+        if self.known and not (self.value == "ip" or self.value.startswith("ip/")):
+            message = f"only for addresses (expected value: ip or ip/N, not {self.value})"
+            raise Problems([(("known",), message)])
+        return self
 
 
 class SpikeRule(RuleBase):
@@ -271,9 +295,16 @@ class SpikeRule(RuleBase):
     factor: Annotated[float, Field(gt=1), Expect("a number > 1, e.g. 5")]
     min_count: Count
     baseline: Duration = 3600.0
+    daily: bool = False  # compare with the same time of day on the previous days of `baseline`
 
     @model_validator(mode="after")
     def _baseline_longer(self) -> Self:
+        if self.daily and self.baseline < 86400:
+            message = (
+                f"{format_duration(self.baseline)} is shorter than a day "
+                "(expected with daily: true the days of history to compare with, e.g. 7d)"
+            )
+            raise Problems([(("baseline",), message)])
         if self.baseline <= self.window:
             message = (
                 f"{format_duration(self.baseline)} is not longer than window {format_duration(self.window)} "
@@ -303,6 +334,8 @@ class KeyExpiryRule(_NotPerEvent):
     max_age: Duration | None = None
     no_expiry: bool = False  # also alert on keys without an expiry
     only_used: bool = True  # only keys seen in use
+    # with only_used: a key unused this long is not watched (its clients moved to a successor)
+    unused_after: Duration | None = None
 
     @field_validator("when")
     @classmethod

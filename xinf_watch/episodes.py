@@ -12,6 +12,7 @@ next episode gets a new one, so receivers can de-duplicate (docs/DESIGN.md secti
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 
 from xinf_watch.model import Alert, AlertStatus, format_ts
 from xinf_watch.rulestate import CompiledRule, Episode, Group, GroupState
@@ -72,8 +73,12 @@ def resolve(rule: CompiledRule, group: Group, state: GroupState, summary: str) -
     return alert
 
 
-def notify_held_back(rule: CompiledRule, now: float) -> list[Alert]:
-    """Episodes that began inside the cooldown and are still firing once it is over."""
+Describe = Callable[[CompiledRule, Group, GroupState, float], str | None]
+
+
+def notify_held_back(rule: CompiledRule, now: float, describe_now: Describe) -> list[Alert]:
+    """Episodes that began inside the cooldown and are still firing once it is over; their summary
+    says how things stand now (`describe_now`), not what they were when the episode began."""
     out: list[Alert] = []
     for group in rule.firing:
         state = rule.groups.data.get(group)
@@ -82,6 +87,7 @@ def notify_held_back(rule: CompiledRule, now: float) -> list[Alert]:
         ep = state.episode
         ep.notified = True
         state.last_notified = now
-        summary = f"{ep.summary} (still firing after the cooldown, since {format_ts(ep.first_ts)})"
+        current = describe_now(rule, group, state, now) or ep.summary
+        summary = f"{current} (still firing after the cooldown, since {format_ts(ep.first_ts)})"
         out.append(make_alert(rule, AlertStatus.FIRING, group, ep, summary))
     return out

@@ -22,8 +22,9 @@ from typing import Any
 
 from xinf_watch import summaries
 from xinf_watch.episodes import fire, make_alert, resolve
-from xinf_watch.model import Alert, AlertStatus, Event
-from xinf_watch.rulestate import CompiledRule, Episode, GroupState
+from xinf_watch.filters import subnet_of
+from xinf_watch.model import Alert, AlertStatus, Event, format_ts
+from xinf_watch.rulestate import CompiledRule, Episode, Group, GroupState
 
 MAX_VALUES = 1_000
 
@@ -36,12 +37,37 @@ def match(rule: CompiledRule, event: Event, now: float) -> Alert | None:
     ep = state.episode
     ep.extend(event.ts, event.key, event.source)
     if event.ts - state.last_notified < rule.cooldown:
-        return None  # counted, reported with the next notification
+        ep.summary = summaries.match(event, 1, event.ts)  # the latest held-back hit, for `flush_held`
+        rule.held[group] = None
+        return None
     state.last_notified = event.ts
     ep.started = event.ts
     alert = make_alert(rule, AlertStatus.FIRING, group, ep, summaries.match(event, ep.count, ep.first_ts))
     state.episode = Episode()
+    rule.held.pop(group, None)
     return alert
+
+
+def flush_held(rule: CompiledRule, now: float) -> list[Alert]:
+    """match: the hits a cooldown held back, in one alert once the cooldown is over, so that they
+    are told while they are news (not days later with the next hit)."""
+    out: list[Alert] = []
+    for group in list(rule.held):
+        state = rule.groups.data.get(group)
+        if state is None or state.episode.count == 0:
+            del rule.held[group]  # evicted by the memory bound
+            continue
+        if now - state.last_notified < rule.cooldown:
+            continue
+        ep = state.episode
+        since = state.last_notified
+        state.last_notified = ep.started = ep.last_ts
+        more = "1 more such request" if ep.count == 1 else f"{ep.count} more such requests"
+        summary = f"{more} since the alert at {format_ts(since)}, the latest: {ep.summary}"
+        out.append(make_alert(rule, AlertStatus.FIRING, group, ep, summary))
+        state.episode = Episode()
+        del rule.held[group]
+    return out
 
 
 def threshold(rule: CompiledRule, event: Event, now: float) -> Alert | None:
@@ -99,20 +125,24 @@ def new_value(rule: CompiledRule, event: Event, now: float) -> Alert | None:
     state = rule.groups.setdefault(group, GroupState)
     if state.first_seen is None or ts < state.first_seen:
         state.first_seen = ts
+    if rule.is_known is not None and rule.is_known(event):
+        return None  # inside a network the rule knows: never new
     values = state.values
     last = _seen_again(values, value, ts)
     if last is not None:
         if ts <= last or ts - last < cfg.forget:
             return None  # a late line about a known value, or one seen again within `forget`
+        learned = False
     else:
+        learned = ts - state.first_seen < cfg.learn and _joins_baseline(rule, values, event.ip)
         values[value] = ts
         if len(values) > MAX_VALUES:
             _forget_before(values, now - cfg.forget)
             while len(values) > MAX_VALUES:
                 del values[next(iter(values))]  # the least recently seen
                 rule.evicted_values += 1
-    if ts - state.first_seen < cfg.learn:
-        return None  # still learning this group's baseline
+    if learned:
+        return None  # part of this group's baseline
     ep = Episode(first_ts=ts, last_ts=ts, count=1, key=event.key, source=event.source, started=ts)
     ep.extra = {"value": value}
     summary = summaries.new_value(cfg.value, value, rule.group_fields, group, event)
@@ -126,13 +156,16 @@ def spike(rule: CompiledRule, event: Event, now: float) -> Alert | None:
     if state.first_seen is None or event.ts < state.first_seen:
         state.first_seen = event.ts
     counter, long_counter = state.counter, state.long_counter
-    assert counter is not None and long_counter is not None
+    assert counter is not None
     counter.add(event.ts, now)
-    long_counter.add(event.ts, now)
+    if long_counter is not None:
+        long_counter.add(event.ts, now)
+    level = counter.count(now)
+    if state.hours is not None:
+        _count_daily(state, event.ts, now, level, cfg)
     if state.episode.firing:
         state.episode.extend(event.ts, event.key, event.source)
         return None
-    level = counter.count(now)
     if level < cfg.min_count:
         return None
     expected = _expected(state, cfg, now)
@@ -162,23 +195,46 @@ def settle(rule: CompiledRule, now: float) -> list[Alert]:
         if state is None or not state.episode.firing:
             del rule.firing[group]  # evicted (the memory bound won): nothing left to resolve
             continue
-        if rule.kind == "distinct":
-            _forget_before(state.values, now - cfg.window)
-            level, firing_level = len(state.values), float(cfg.count)
-            counted = summaries.distinct_noun(cfg.value)
-        else:
-            assert state.counter is not None
-            level = state.counter.count(now)
-            firing_level = float(cfg.count if rule.kind == "threshold" else cfg.min_count)
-            counted = "matching requests" if rule.kind == "threshold" else "requests"
-            if rule.kind == "spike":
-                firing_level = max(firing_level, cfg.factor * (_expected(state, cfg, now) or 0.0))
+        level, firing_level = _levels(rule, state, now)
         if level * 2 <= firing_level:
+            counted = summaries.distinct_noun(cfg.value) if rule.kind == "distinct" else (
+                "matching requests" if rule.kind == "threshold" else "requests"
+            )
             summary = summaries.back_to_normal(counted, level, rule.group_fields, group, cfg.window)
             alert = resolve(rule, group, state, summary)
             if alert is not None:
                 out.append(alert)
     return out
+
+
+def _levels(rule: CompiledRule, state: GroupState, now: float) -> tuple[int, float]:
+    """A counting rule's level for a group now, and the level at which it fires."""
+    cfg = rule.config
+    if rule.kind == "distinct":
+        _forget_before(state.values, now - cfg.window)
+        return len(state.values), float(cfg.count)
+    assert state.counter is not None
+    level = state.counter.count(now)
+    if rule.kind == "threshold":
+        return level, float(cfg.count)
+    return level, max(float(cfg.min_count), cfg.factor * (_expected(state, cfg, now) or 0.0))
+
+
+def describe_now(rule: CompiledRule, group: Group, state: GroupState, now: float) -> str | None:
+    """The summary of a counting rule's firing group as things stand at `now` (for a notification
+    sent later than the firing, which must not repeat the level of the moment it started)."""
+    cfg = rule.config
+    if rule.kind == "threshold":
+        level, _ = _levels(rule, state, now)
+        return summaries.threshold(level, rule.group_fields, group, cfg.window)
+    if rule.kind == "distinct":
+        level, _ = _levels(rule, state, now)
+        return summaries.distinct(level, cfg.value, rule.group_fields, group, cfg.window)
+    if rule.kind == "spike":
+        level, _ = _levels(rule, state, now)
+        expected = _expected(state, cfg, now) or 0.0
+        return summaries.spike(level, expected, rule.group_fields, group, cfg.window, cfg.baseline)
+    return None
 
 
 def _start_episode(state: GroupState, event: Event, level: int, first_ts: float | None) -> Episode:
@@ -193,12 +249,78 @@ def _start_episode(state: GroupState, event: Event, level: int, first_ts: float 
 
 def _expected(state: GroupState, cfg: Any, now: float) -> float | None:
     """Requests the group usually makes in one window, from its own history; None: too new."""
+    if state.hours is not None:
+        return _expected_daily(state, cfg, now)
     assert state.counter is not None and state.long_counter is not None and state.first_seen is not None
     history = min(cfg.baseline, now - state.first_seen - cfg.window)
     if history < cfg.window:
         return None
     before = state.long_counter.count(now) - state.counter.count(now)
     return float(before) * float(cfg.window) / float(history)
+
+
+def _count_daily(state: GroupState, ts: float, now: float, level: int, cfg: Any) -> None:
+    """Count the event in its hour, and note the window's level for the day's busiest window."""
+    assert state.hours is not None and state.day_peaks is not None and state.open_slots is not None
+    hour = int(ts // 3600)
+    hours = state.hours
+    hours[hour] = hours.get(hour, 0) + 1
+    # A window's level counts toward its day's peak only once two windows have passed, and never
+    # while the group is firing: the peak must not include the burst being judged (it would hide,
+    # or resolve, itself), nor teach the group that a runaway is normal.
+    slot = int(now // cfg.window)
+    slots = state.open_slots
+    if state.episode.firing:
+        slots.clear()
+    elif slots and slots[-1][0] == slot:
+        slots[-1][1] = max(slots[-1][1], level)
+    else:
+        slots.append([slot, level])
+    while slots and slots[0][0] < slot - 1:
+        closed, peak = slots.pop(0)
+        day = int(closed * cfg.window // 86400)
+        state.day_peaks[day] = max(state.day_peaks.get(day, 0), peak)
+    if len(hours) > cfg.baseline / 3600 + 48:  # keep `baseline` days and the current one
+        oldest = hour - int(cfg.baseline // 3600) - 26
+        for stale in [h for h in hours if h < oldest]:
+            del hours[stale]
+        for stale in [d for d in state.day_peaks if d < oldest // 24]:
+            del state.day_peaks[stale]
+
+
+def _expected_daily(state: GroupState, cfg: Any, now: float) -> float | None:
+    """What the group usually does in one window at this time of day, by its own history: the
+    busiest of the previous days in the same hour (one hour either side, for jobs that drift),
+    and, so that its own bursts at other hours (a CI run, a nightly batch) are not news, half its
+    busiest window in `baseline` over `factor`. None: less than a day of history."""
+    assert state.hours is not None and state.day_peaks is not None and state.first_seen is not None
+    if now - state.first_seen < 86400:
+        return None
+    hour, hours = int(now // 3600), state.hours
+    days = max(1, int(cfg.baseline // 86400))
+    same_hour = max(
+        (hours.get(hour - 24 * day + shift, 0) for day in range(1, days + 1) for shift in (-1, 0, 1)),
+        default=0,
+    )
+    peak = max(state.day_peaks.values(), default=0)
+    return max(same_hour * float(cfg.window) / 3600, 2 * peak / float(cfg.factor))
+
+
+def _joins_baseline(rule: CompiledRule, values: dict[str, float], ip: str) -> bool:
+    """While a group learns, a new address joins its baseline silently if it is near one the group
+    has used (same /16, IPv6 /48); without `known` networks, the first address seeds the baseline.
+    An address far from every one the group has used always fires, learning or not."""
+    value = rule.config.value
+    if value != "ip" and not value.startswith("ip/"):
+        return True  # not an address: everything the group shows while learning is its baseline
+    if not values:
+        return rule.is_known is None
+    wide = _wide_network(ip)
+    return any(_wide_network(seen.partition("/")[0]) == wide for seen in values)
+
+
+def _wide_network(ip: str) -> str:
+    return subnet_of(ip, 16) if ":" not in ip or ip.startswith("::ffff:") else subnet_of(ip, 48)
 
 
 def _seen_again(values: dict[str, float], value: str, ts: float) -> float | None:

@@ -37,7 +37,7 @@ from typing import Any
 
 from xinf_watch.clockrules import check_absent, check_key_expiry
 from xinf_watch.episodes import notify_held_back
-from xinf_watch.eventrules import HANDLERS, Handler, settle
+from xinf_watch.eventrules import HANDLERS, Handler, describe_now, flush_held, settle
 from xinf_watch.filters import admits
 from xinf_watch.keys import KeyRegistry
 from xinf_watch.model import Alert, Event, KeyState
@@ -70,10 +70,11 @@ class RuleEngine:
         self.next_tick = NEVER
         self.next_expiry_check = NEVER
         self.source_last_seen: dict[str, float] = {}
-        self.keys_seen: set[str] = set()
+        self.keys_last_used: dict[str, float] = {}  # alias -> its latest use, for key_expiry
         self._event_rules = [(r, HANDLERS[r.kind]) for r in self.rules if r.kind in HANDLERS]
         self._clock_rules = [r for r in self.rules if r.kind in _CLOCK_KINDS]
         self._expiry_rules = [r for r in self.rules if r.kind == "key_expiry"]
+        self._match_rules = [r for r in self.rules if r.kind == "match"]
         # (credential, key_state, outcome, scope_allowed, ip_allowed, ip_forwarded) -> rules to try
         self._plans: dict[tuple[Any, ...], tuple[tuple[CompiledRule, Handler], ...]] = {}
 
@@ -99,9 +100,12 @@ class RuleEngine:
         last = self.source_last_seen.get(event.source)
         if last is None or written > last:
             self.source_last_seen[event.source] = written
-        new_key = event.key_state in _KEYED_STATES and event.key not in self.keys_seen
-        if new_key:
-            self.keys_seen.add(event.key)
+        new_key = False
+        if event.key_state in _KEYED_STATES:
+            last_used = self.keys_last_used.get(event.key)
+            new_key = last_used is None
+            if last_used is None or ts > last_used:
+                self.keys_last_used[event.key] = ts
         index = (
             event.credential, event.key_state, event.outcome,
             event.scope_allowed, event.ip_allowed, event.ip_forwarded,
@@ -144,7 +148,10 @@ class RuleEngine:
                 out.extend(check_absent(rule, now, self.sources, self.source_last_seen, self.started))
             elif rule.kind != "key_expiry" and rule.firing:
                 out.extend(settle(rule, now))
-            out.extend(notify_held_back(rule, now))
+            out.extend(notify_held_back(rule, now, describe_now))
+        for rule in self._match_rules:
+            if rule.held:
+                out.extend(flush_held(rule, now))
         return out
 
     @property
@@ -155,7 +162,7 @@ class RuleEngine:
         out: list[Alert] = []
         registry = self.registry()
         for rule in self._expiry_rules:
-            out.extend(check_key_expiry(rule, registry, now, self.keys_seen))
+            out.extend(check_key_expiry(rule, registry, now, self.keys_last_used))
         return out
 
     # -- state ---------------------------------------------------------------------------------
@@ -172,7 +179,7 @@ class RuleEngine:
             "next_tick": finite_or_none(self.next_tick),
             "next_expiry_check": finite_or_none(self.next_expiry_check),
             "source_last_seen": dict(self.source_last_seen),
-            "keys_seen": sorted(self.keys_seen),
+            "keys_last_used": dict(sorted(self.keys_last_used.items())),
             "rules": rules,
         }
 
@@ -191,9 +198,13 @@ class RuleEngine:
             self.source_last_seen = {
                 k: v for k, v in seen.items() if isinstance(k, str) and _number(v) is not None
             }
-        keys = data.get("keys_seen")
-        if isinstance(keys, list):
-            self.keys_seen = {k for k in keys if isinstance(k, str)}
+        used = data.get("keys_last_used")
+        if isinstance(used, dict):
+            self.keys_last_used = {
+                k: v for k, v in used.items() if isinstance(k, str) and _number(v) is not None
+            }
+        elif isinstance(keys := data.get("keys_seen"), list):  # saved before last use was kept
+            self.keys_last_used = {k: self.now for k in keys if isinstance(k, str)}
         rules = data.get("rules")
         if isinstance(rules, dict):
             with gc_paused():

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any, TypeVar
 
-from xinf_watch.filters import compile_filter, subnet_of
+from xinf_watch.config import ALLOWED_IPS
+from xinf_watch.filters import compile_filter, ip_in, subnet_of
 from xinf_watch.model import Event, Severity
 from xinf_watch.windows import BoundedMap, WindowCounter
 
@@ -67,6 +68,11 @@ class GroupState:
     first_seen: float | None = None
     last_notified: float = NEVER
     episode: Episode = field(default_factory=Episode)
+    # daily spike: requests per hour (hour number -> count), the busiest closed window per day
+    # (day number -> level), and the levels of the windows not yet closed ([slot, level] pairs)
+    hours: dict[int, int] | None = None
+    day_peaks: dict[int, int] | None = None
+    open_slots: list[list[int]] | None = None
 
 
 @contextmanager
@@ -103,6 +109,12 @@ def group_to_json(state: GroupState) -> dict[str, Any]:
         out["first_seen"] = state.first_seen
     if math.isfinite(state.last_notified):
         out["last_notified"] = state.last_notified
+    if state.hours is not None and state.day_peaks is not None and state.open_slots is not None:
+        out["daily"] = {
+            "hours": [[h, n] for h, n in state.hours.items()],
+            "day_peaks": [[d, n] for d, n in state.day_peaks.items()],
+            "open_slots": [list(pair) for pair in state.open_slots],
+        }
     ep = state.episode
     if ep != Episode():
         out["episode"] = {
@@ -129,6 +141,12 @@ def group_from_json(data: Any, windows: tuple[float | None, float | None]) -> Gr
         state.first_seen = _num(first_seen)
     if (last_notified := data.get("last_notified")) is not None:
         state.last_notified = _num(last_notified)
+    if (daily := data.get("daily")) is not None:
+        if not isinstance(daily, dict):
+            raise ValueError("daily is not a mapping")
+        state.hours = dict(_int_pairs(daily["hours"]))
+        state.day_peaks = dict(_int_pairs(daily["day_peaks"]))
+        state.open_slots = [list(pair) for pair in _int_pairs(daily["open_slots"])]
     if (ep := data.get("episode")) is not None:
         if not isinstance(ep, dict) or not isinstance(ep.get("extra", {}), dict):
             raise ValueError("episode is not a mapping")
@@ -140,6 +158,14 @@ def group_from_json(data: Any, windows: tuple[float | None, float | None]) -> Gr
             summary=_str(ep.get("summary", "")), extra=dict(ep.get("extra", {})) or None,
         )  # fmt: skip
     return state
+
+
+def _int_pairs(data: Any) -> list[tuple[int, int]]:
+    pairs = []
+    for pair in _list(data):
+        first, second = _list(pair)
+        pairs.append((_int(first), _int(second)))
+    return pairs
 
 
 def _counter(data: Any, window: float | None) -> WindowCounter | None:
@@ -197,6 +223,19 @@ def _group_getter(fields: Sequence[str]) -> Callable[[Event], Group]:
     return lambda e: tuple(v if type(v) is str else str(v) for v in get_all(e))
 
 
+def _known_getter(known: Sequence[Any]) -> Callable[[Event], bool] | None:
+    """new_value's `known`: whether an event's address is inside a network the rule never reports."""
+    if not known:
+        return None
+    networks = tuple(n for n in known if not isinstance(n, str))
+    own_allowed_ips = ALLOWED_IPS in known
+    if own_allowed_ips and not networks:
+        return lambda e: e.ip_allowed is True
+    if own_allowed_ips:
+        return lambda e: e.ip_allowed is True or ip_in(e.ip, networks)
+    return lambda e: ip_in(e.ip, networks)
+
+
 def _value_getter(value: str | None) -> Callable[[Event], str | None]:
     """The rule's `value` of an event (None: the event has none); rules without one get None."""
     if not value:
@@ -227,10 +266,15 @@ class CompiledRule:
         self.group_of = _group_getter(self.by)
         self.groups: BoundedMap[Group, GroupState] = BoundedMap(MAX_GROUPS, keep=is_firing)
         self.firing: dict[Group, None] = {}  # an ordered set: groups in the order they fired
+        self.held: dict[Group, None] = {}  # match: groups with hits a cooldown held back
         self.evicted_values = 0
         self.value_of = _value_getter(getattr(config, "value", None))
+        self.is_known = _known_getter(getattr(config, "known", ()))
         window = getattr(config, "window", None)
+        # a trailing spike baseline needs a long window counter; a daily one counts hours instead
         baseline = getattr(config, "baseline", None) if self.kind == "spike" else None
+        if getattr(config, "daily", False):
+            baseline = None
         self.windows: tuple[float | None, float | None] = (
             window,
             None if baseline is None or window is None else baseline + window,
@@ -243,6 +287,8 @@ class CompiledRule:
             state.counter = WindowCounter(window)
             if long_window is not None:
                 state.long_counter = WindowCounter(long_window)
+            if getattr(self.config, "daily", False):
+                state.hours, state.day_peaks, state.open_slots = {}, {}, []
         return state
 
     def group_dict(self, group: Group) -> dict[str, str]:
@@ -262,6 +308,7 @@ class CompiledRule:
             "evicted_values": self.evicted_values,
             "groups": [[list(group), group_to_json(state)] for group, state in self.groups.data.items()],
             "firing": [list(group) for group in self.firing],
+            "held": [list(group) for group in self.held],
         }
 
     def restore(self, data: Any) -> None:
@@ -283,12 +330,20 @@ class CompiledRule:
             if self.kind in ("threshold", "spike") and state.counter is None:
                 fresh = self.new_state()
                 state.counter, state.long_counter = fresh.counter, fresh.long_counter  # window changed
+            if getattr(self.config, "daily", False) and state.hours is None:
+                state.hours, state.day_peaks, state.open_slots = {}, {}, []  # was not daily before
             self.groups.put(group, state)
         firing = data.get("firing")
         saved_order = [tuple(g) for g in firing if isinstance(g, list)] if isinstance(firing, list) else []
         in_episode = {g for g, s in self.groups.data.items() if s.episode.firing}
         self.firing = dict.fromkeys([g for g in saved_order if g in in_episode])
         self.firing.update(dict.fromkeys(g for g in self.groups.data if g in in_episode))
+        if self.kind == "match":  # groups with held-back hits, in the order they were held
+            with_hits = {g for g, s in self.groups.data.items() if s.episode.count}
+            held = data.get("held")
+            saved_held = [tuple(g) for g in held if isinstance(g, list)] if isinstance(held, list) else []
+            self.held = dict.fromkeys(g for g in saved_held if g in with_hits)
+            self.held.update(dict.fromkeys(g for g in self.groups.data if g in with_hits))
         for name in ("evicted", "evicted_values"):
             saved = data.get(name)
             if isinstance(saved, int) and not isinstance(saved, bool) and saved >= 0:

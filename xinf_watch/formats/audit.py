@@ -46,8 +46,9 @@ UNPARSED. A second row of a request already counted is SKIPPED:
   handler ran, so the later row's latency and outcome (a 404 after `success`) are lost.
   Pending auth-check rows are bounded (`MAX_PENDING_ENDPOINTS` x `MAX_PENDING_PER_ENDPOINT`).
 
-Never in audit.log before 4.x, so never counted from it (docs/xinference/FACTS.md 4.3): IP-allowlist rejections,
-public routes, the WebUI, `/status`, `/v1/cluster/auth`, and inference calls made with a JWT.
+Never in audit.log before 4.x, so never counted from it (docs/xinference/FACTS.md 4.3):
+IP-allowlist rejections, public routes, the WebUI, `/status`, `/v1/cluster/auth`, and inference
+calls made with a JWT.
 4.1.0 audits the public routes, the WebUI and logins (the recording); it has no allowlist
 rejection or JWT inference call to tell about those.
 """
