@@ -177,7 +177,51 @@ def test_check_missing_key_file(tmp_path: Path, capsys: pytest.CaptureFixture[st
     rules = write_rules(tmp_path / "rules.yaml", [gateway()], [tmp_path / "missing.yaml"])
     code, out, err = run_main(capsys, "check", "--rules", rules)
     assert (code, out) == (2, "")
-    assert len(err.splitlines()) == 1 and err.startswith(f"{tmp_path / 'missing.yaml'}:"), err
+    line = rules.read_text().splitlines().index(f"- {tmp_path / 'missing.yaml'}") + 1
+    assert err == (
+        f"{rules}:{line}: keys[0]: {tmp_path / 'missing.yaml'} does not exist "
+        "(expected a key file: Xinference's auth config, auth.db or keys.yaml)\n"
+    )
+
+
+def binding_permissions() -> list[str]:
+    """A command prefix under which permission bits bind: root reads anything unless its DAC
+    capabilities are dropped (the tests run as root in CI)."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    assert setpriv, "setpriv (util-linux) is needed to see a permission denied as root"
+    drop = "-dac_override,-dac_read_search"
+    return [setpriv, f"--bounding-set={drop}", f"--inh-caps={drop}"]
+
+
+def test_check_reports_every_key_file_that_cannot_be_used(tmp_path: Path) -> None:
+    (tmp_path / "keys.d").mkdir()
+    locked = tmp_path / "locked.yaml"
+    locked.write_bytes((FIXTURES / "keys.yaml").read_bytes())
+    locked.chmod(0)
+    (tmp_path / "broken.yaml").write_text("keys: {alias: a}\n", encoding="utf-8")
+    listed = ["missing-1.yaml", "keys.d", "locked.yaml", FIXTURES / "keys.yaml", "broken.yaml"]
+    listed.append("missing-2.yaml")
+    (tmp_path / "rules.yaml").write_text(
+        f"sources: [{{name: gateway, path: {NGINX_LOG}, format: nginx}}]\n\nkeys:\n"
+        + "".join(f"  - {name}\n" for name in listed),
+        encoding="utf-8",
+    )
+    done = subprocess.run(
+        [*binding_permissions(), sys.executable, "-m", "xinf_watch", "check", "--rules", "rules.yaml"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=60,
+    )  # fmt: skip
+    assert (done.returncode, done.stdout) == (2, "")
+    key_file = "expected a key file: Xinference's auth config, auth.db or keys.yaml"
+    assert done.stderr.splitlines() == [
+        f"rules.yaml:4: keys[0]: {tmp_path / 'missing-1.yaml'} does not exist ({key_file})",
+        f"rules.yaml:5: keys[1]: {tmp_path / 'keys.d'} is a directory ({key_file})",
+        f"rules.yaml:6: keys[2]: {locked} cannot be read: permission denied "
+        "(expected a key file readable by xinf-watch's user)",
+        f"{tmp_path / 'broken.yaml'}:1: keys: expected a list of keys",
+        f"rules.yaml:9: keys[5]: {tmp_path / 'missing-2.yaml'} does not exist ({key_file})",
+    ]
 
 
 # -- replay: inputs -------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from xinf_watch.config import (
     parse_duration,
 )
 from xinf_watch.configvalues import format_duration
+from xinf_watch.keyfiles import KeyFileError, load_registry
 from xinf_watch.model import CredentialKind, KeyState, Outcome, Severity
 
 DATA = Path(__file__).parent / "data"
@@ -42,10 +43,21 @@ def test_bad_config_gives_exactly_its_expected_lines(name: str, monkeypatch: pyt
     expected_file = BAD / name.replace(".yaml", ".expected")
     assert expected_file.exists(), f"{name} has no {expected_file.name}"
     monkeypatch.chdir(BAD)  # messages start with the file name as given
-    with pytest.raises(ConfigError) as caught:
-        load_config(name, environ={})
-    assert list(caught.value.errors) == expected_file.read_text(encoding="utf-8").splitlines()
-    assert str(caught.value) == "\n".join(caught.value.errors)
+    with pytest.raises((ConfigError, KeyFileError)) as caught:
+        config = load_config(name, environ={})
+        load_registry(config.keys, config.key_sites)  # key files that cannot be opened: at their line
+    assert str(caught.value).splitlines() == expected_file.read_text(encoding="utf-8").splitlines()
+    if isinstance(caught.value, ConfigError):
+        assert str(caught.value) == "\n".join(caught.value.errors)
+
+
+def test_key_sites_name_each_key_file_where_it_is_written(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(GOOD)
+    config = load_config("full.yaml", environ=ENV)
+    lines = Path("full.yaml").read_text(encoding="utf-8").splitlines()
+    line = next(n for n, text in enumerate(lines, 1) if text.startswith("keys:"))
+    assert config.key_sites == (f"full.yaml:{line}: keys[0]", f"full.yaml:{line}: keys[1]")
+    assert empty_config().key_sites == ()
 
 
 def test_every_expected_file_has_its_config() -> None:

@@ -192,6 +192,31 @@ def test_reload_with_broken_rules_keeps_the_running_ones(ws: Workspace) -> None:
     d.terminate()
 
 
+def test_missing_key_files_are_each_reported_at_their_line_on_reload_and_start(ws: Workspace) -> None:
+    ws.write_rules(rules=[REVOKED_KEY_USED])
+    d = ws.daemon().start()
+    missing = [ws.root / "gone-1.yaml", ws.root / "gone-2.yaml"]
+    rules = ws.write_rules(keys=[missing[0], FIXTURE_KEYS, missing[1]], rules=[REVOKED_KEY_USED])
+    text = rules.read_text().splitlines()
+    expected = [
+        f"{rules}:{text.index(f'- {path}') + 1}: keys[{i}]: {path} does not exist "
+        "(expected a key file: Xinference's auth config, auth.db or keys.yaml)"
+        for i, path in ((0, missing[0]), (2, missing[1]))
+    ]
+    d.hup()
+    d.wait_for("RELOADING=1")
+    d.wait_for("READY=1")
+    assert total(d.metrics(), "xinf_watch_config_reloads_total", result="failure") == 1
+    err = d.stderr().splitlines()
+    at = err.index("ERROR reload failed, keeping the running config:")
+    assert err[at + 1 : at + 3] == expected
+    d.terminate()
+
+    d.spawn()  # the same files at startup: refused, every one named, exit 2
+    assert d.proc is not None and d.proc.wait(timeout=20) == 2
+    assert d.stderr().splitlines() == expected
+
+
 def test_key_file_change_is_picked_up_while_running(ws: Workspace) -> None:
     keys = ws.root / "keys.yaml"
     keys.write_text(FIXTURE_KEYS.read_text())

@@ -246,7 +246,7 @@ def load_everything(rules: Path) -> tuple[Config, KeyRegistry]:
     errors: list[str] = []
     config = load_config(rules)
     try:
-        registry = load_registry(config.keys)
+        registry = load_registry(config.keys, config.key_sites)
     except KeyFileError as exc:
         errors.append(str(exc))
         registry = KeyRegistry(())

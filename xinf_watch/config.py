@@ -10,6 +10,8 @@ Rules of the schema:
 * Durations are `30s`, `5m`, `1h30m`, `250ms`, `7d`, `2w` or bare seconds, and must be positive
   (`learn` and `cooldown` may be 0).
 * Relative paths (sources, keys, state dir, apprise config files) are relative to the rules file.
+  Key files are not opened here (`keyfiles.py` does); `key_sites` says where each is named, so
+  one that cannot be opened is reported at its line (`rules.yaml:25: keys[1]: ...`).
 * Cross references are checked: rule `notify` groups, network names in `ip` / `ip_not_in`,
   source names in `when.source` and `absent.sources`, unique source and rule names. Network names
   are resolved to CIDRs at load; `internal` exists unless the file defines its own.
@@ -37,6 +39,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainValidator,
+    PrivateAttr,
     Strict,
     ValidationError,
     ValidationInfo,
@@ -89,6 +92,7 @@ from xinf_watch.yamlsource import (
     TagNoun,
     load_document,
     not_one_of,
+    render_loc,
     show,
 )
 
@@ -433,6 +437,12 @@ class Config(Frozen):
     ] = Field(default_factory=lambda: MappingProxyType({}))  # a group may be empty: journal and metrics only
     alertmanager: AlertmanagerConfig | None = None
     rules: Annotated[tuple[RuleConfig, ...], Expect("a list of rules")] = ()
+    _key_sites: tuple[str, ...] = PrivateAttr(default=())  # set by load_config
+
+    @property
+    def key_sites(self) -> tuple[str, ...]:
+        """Where the file names each of `keys`, e.g. `rules.yaml:25: keys[1]` (empty if not loaded)."""
+        return self._key_sites
 
 
 def empty_config(path: Path | None = None) -> Config:
@@ -463,6 +473,9 @@ def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -
             problems.extend(problems_from(exc, doc, Config))
     if problems:
         raise ConfigError(doc.format(problems))
+    listed = isinstance(data, dict) and isinstance(data.get("keys"), list)
+    locs = [("keys", i) for i in range(len(config.keys))] if listed else [("keys",)] * len(config.keys)
+    config._key_sites = tuple(f"{doc.name}:{doc.line_of(loc)}: {render_loc(loc)}" for loc in locs)
     return config
 
 

@@ -168,7 +168,7 @@ class Daemon:
     def start(self) -> None:
         """Load config, keys and state, open the port, start the sender. Raises on a bad config."""
         config = load_config(self.rules_path)
-        self.key_sources = KeySources(config.keys)
+        self.key_sources = KeySources(config.keys, config.key_sites)
         registry = self.key_sources.load()
         self.state = StateStore(config.state.dir, log=log.error)
         checkpoint = self.state.load()
@@ -378,7 +378,7 @@ class Daemon:
         self.notifier.reloading()
         try:
             config = load_config(self.rules_path)
-            key_sources = KeySources(config.keys)
+            key_sources = KeySources(config.keys, config.key_sites)
             registry = key_sources.load()
             # rule state carries over, by rule name
             pipeline = Pipeline.build(config, registry, self.store, rule_state=self.engine.snapshot())

@@ -223,7 +223,8 @@ def run_keys_audit(
     """Load rules.yaml's key files, print the report; 1 when a finding is at/above `fail_on`, else 0.
 
     Raises ConfigError / KeyFileError / OSError for the CLI to report."""
-    registry = load_registry(load_config(rules).keys)
+    config = load_config(rules)
+    registry = load_registry(config.keys, config.key_sites)
     now = clock() if at is None else at
     findings = audit_keys(registry, now, within=within, max_age=max_age)
     if as_json:

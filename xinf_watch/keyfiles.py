@@ -19,6 +19,9 @@ Aliases: explicit aliases (keys.yaml) must be unique (else `KeyFileError`) and c
 `<owner>:<last 4 chars of key>` (`<owner>:<first 4 hex of sha256>` for a key known only by hash;
 `key:` without an owner). Default aliases that collide with any other alias all get
 `-<first 6 hex of sha256>` appended, so no alias depends on file order.
+Every file is tried: the errors of all broken files come together (`KeyFilesError`), one line
+each. A file that cannot be opened (missing, a directory, permission denied) is reported where
+rules.yaml names it, when the caller says where (`named_at`): `rules.yaml:25: keys[1]: ...`.
 Reloading while running is `keysources.py`.
 """
 
@@ -26,7 +29,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
+import stat
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -71,6 +76,16 @@ class KeyFileError(ValueError):
         # Last line of defence: a key pasted where a path or a field name belongs is not echoed.
         super().__init__(_KEY_TOKEN.sub("(key not shown)", message))
         self.transient = transient
+
+
+class KeyFilesError(KeyFileError):
+    """Several key files that cannot be used: each one's error on its own line.
+
+    `transient` when any is: the next try may load that one (and report the others again)."""
+
+    def __init__(self, errors: Sequence[KeyFileError]) -> None:
+        ValueError.__init__(self, "\n".join(str(e) for e in errors))
+        self.transient = any(e.transient for e in errors)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,14 +135,24 @@ class _Doc:
         return _Origin(self.file, _line_of(self.node, steps), where)
 
 
-def load_registry(paths: Sequence[Path]) -> KeyRegistry:
-    """Merge key files (any mix of auth.json, api_keys JSON, auth.db and keys.yaml) into one registry."""
+def load_registry(paths: Sequence[Path], named_at: Sequence[str] = ()) -> KeyRegistry:
+    """Merge key files (any mix of auth.json, api_keys JSON, auth.db and keys.yaml) into one registry.
+
+    `named_at[i]`: where the config names `paths[i]` (`rules.yaml:25: keys[1]`), the place to
+    report it when it cannot be opened. Raises `KeyFileError` naming every broken file."""
     contributions: list[_Contribution] = []
     users: dict[str, UserEntry] = {}
-    for path in paths:
-        keys, file_users = _load_file(Path(path))
+    errors: list[KeyFileError] = []
+    for i, path in enumerate(paths):
+        try:
+            keys, file_users = _load_file(Path(path), named_at[i] if i < len(named_at) else None)
+        except KeyFileError as e:
+            errors.append(e)
+            continue
         contributions += keys
         users.update((u.name, u) for u in file_users)
+    if errors:
+        raise errors[0] if len(errors) == 1 else KeyFilesError(errors)
     merged: dict[str, _Merged] = {}
     for c in contributions:  # first pass: entry order = first appearance
         m = merged.setdefault(c.sha256, _Merged(c.sha256))
@@ -192,12 +217,17 @@ def _default_alias(m: _Merged) -> str:
     return f"key:{alias}" if alias.startswith("jwt:") else alias  # jwt:<user> names JWT sessions
 
 
-def _load_file(path: Path) -> tuple[list[_Contribution], list[UserEntry]]:
+def _load_file(path: Path, named_at: str | None) -> tuple[list[_Contribution], list[UserEntry]]:
     try:
+        mode = os.stat(path).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):  # a FIFO would block open(); a directory fails it
+            raise OSError(0, "not a regular file")
         with path.open("rb") as f:
             data = f.read(len(SQLITE_MAGIC))
             data += f.read() if data != SQLITE_MAGIC else b""
     except OSError as e:
+        if named_at is not None:
+            raise KeyFileError(named_at, _cannot_open(path, e)) from None
         raise KeyFileError(path, f"cannot read key file ({e.strerror or type(e).__name__})") from None
     if data == SQLITE_MAGIC:
         return _load_auth_db(path)
@@ -224,6 +254,20 @@ def _load_file(path: Path) -> tuple[list[_Contribution], list[UserEntry]]:
         "not a key file (expected Xinference's auth config with user_config, JSON with api_keys,"
         " or keys.yaml with a top-level keys: list)",
     )
+
+
+def _cannot_open(path: Path, e: OSError) -> str:
+    """What is wrong with a key file that cannot be opened, said about the path rules.yaml names."""
+    expected = "a key file: Xinference's auth config, auth.db or keys.yaml"
+    if isinstance(e, FileNotFoundError):
+        what = "does not exist"
+    elif isinstance(e, IsADirectoryError):
+        what = "is a directory"
+    elif isinstance(e, PermissionError):
+        what, expected = "cannot be read: permission denied", "a key file readable by xinf-watch's user"
+    else:
+        what = f"cannot be read: {e.strerror or type(e).__name__}"
+    return f"{path} {what} (expected {expected})"
 
 
 def _load_auth_db(path: Path) -> tuple[list[_Contribution], list[UserEntry]]:

@@ -5,9 +5,10 @@ ctime of every file and of auth.db's `-wal`) with the one taken before the last 
 during a load is seen next time. A file modified within `RACY_NS` of a load may change again
 within the same mtime tick unseen, so it is looked at once more. `reload_if_changed()` builds the
 new registry whole and returns it, or None when nothing changed or the result is the same
-registry (Xinference writes auth.db at every login). A broken file raises `KeyFileError` and is
-not read again until it changes, unless the error was transient (auth.db busy): then the next
-call tries again. Either way the caller keeps its registry.
+registry (Xinference writes auth.db at every login). Broken files raise `KeyFileError` (every
+one of them; one that cannot be opened at the rules.yaml line naming it) and are not read again
+until they change, unless an error was transient (auth.db busy): then the next call tries again.
+Either way the caller keeps its registry.
 """
 
 from __future__ import annotations
@@ -28,8 +29,11 @@ _Signature = tuple[tuple[int, int, int, int, int] | None, ...]
 class KeySources:
     """The key files of a running daemon: loaded whole, reloaded when their stat signature changes."""
 
-    def __init__(self, paths: Sequence[Path], *, clock: Callable[[], int] = time.time_ns) -> None:
+    def __init__(
+        self, paths: Sequence[Path], named_at: Sequence[str] = (), *, clock: Callable[[], int] = time.time_ns
+    ) -> None:
         self.paths = tuple(Path(p) for p in paths)
+        self.named_at = tuple(named_at)  # where rules.yaml names each path, for errors
         self._clock = clock
         self._seen: _Signature | None = None  # signature of the last load, good or broken
         self._again = False  # look again although the signature is the same (racy or transient)
@@ -39,7 +43,7 @@ class KeySources:
         """Load every file now (raises KeyFileError); the result is what later reloads compare to."""
         started, seen = self._clock(), self._signature()
         try:
-            registry = load_registry(self.paths)
+            registry = load_registry(self.paths, self.named_at)
         except KeyFileError as e:
             self._seen, self._again = seen, e.transient
             raise
