@@ -37,10 +37,10 @@ import pytest
 import yaml
 from paths import FIXTURES
 from prometheus_client.parser import text_string_to_metric_families
+from test_shipped_rules import deliberately_quiet
 from tools import require_program
 
 from xinf_watch import __version__
-from xinf_watch.config import parse_duration
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = Path(__file__).parent / "golden"
@@ -305,20 +305,6 @@ def must_alerts(case: Case) -> list[dict[str, Any]]:
     ]
 
 
-def learning(rule: str, alert: dict[str, Any], events: list[dict[str, Any]]) -> bool:
-    """True when the shipped new_value rule is still learning the key's baseline at the scenario.
-
-    `new_value` never fires during a group's first `learn` (docs/DESIGN.md section 3); in the short
-    80-second phases the key's first request is less than `learn` before the new address shows up.
-    """
-    shipped = yaml.safe_load(SHIPPED_RULES.read_text(encoding="utf-8"))["rules"]
-    (config,) = [r for r in shipped if r["name"] == rule]
-    if config["kind"] != "new_value":
-        return False
-    first = min(iso(e["ts"]) for e in events if e["key"] == alert["key_alias"])
-    return iso(alert["start"]) - first < parse_duration(config.get("learn", 0))
-
-
 def iso(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
@@ -326,11 +312,10 @@ def iso(text: str) -> float:
 @pytest.mark.parametrize("name", NAMES)
 def test_recorded_must_alerts_are_raised(name: str, replays: Replays) -> None:
     alerts = [orjson.loads(line) for line in replays.alerts.stdout.splitlines()]
-    events = [orjson.loads(line) for line in replays.events.stdout.splitlines()]
     missing = []
     for expected in must_alerts(CASES[name]):
         rule = RULE_OF_ALERT[expected["alert"]]
-        if expected["key_alias"] and learning(rule, expected, events):
+        if deliberately_quiet(expected):
             continue
         who = {expected["key_alias"], f"jwt:{expected.get('jwt_sub')}"}
         if not any(

@@ -39,7 +39,9 @@ def test_addresses_in_known_networks_are_never_new(tmp_path: Path) -> None:
 
 def test_a_keys_own_allowed_ips_are_known(tmp_path: Path) -> None:
     eng = engine(tmp_path, NEW_NET)
-    partner = [event(T0 + 10 * DAY + i, key="partner", ip=f"198.51.100.{i}", ip_allowed=True) for i in range(9)]
+    partner = [
+        event(T0 + 10 * DAY + i, key="partner", ip=f"198.51.100.{i}", ip_allowed=True) for i in range(9)
+    ]
     assert feed(eng, partner) == []
     # the same key outside its allowed_ips is news (key-outside-allowed-ips says so too)
     (alert,) = eng.observe(event(T0 + 11 * DAY, key="partner", ip="203.0.113.50", ip_allowed=False))

@@ -98,10 +98,18 @@ LOGS = {
 
 
 def write_rules(
-    tmp_path: Path, log: Log, *, keys: Sequence[Path] | None = None, internal: Sequence[str] = INTERNAL
+    tmp_path: Path,
+    log: Log,
+    *,
+    keys: Sequence[Path] | None = None,
+    internal: Sequence[str] = INTERNAL,
+    rule_changes: dict[str, dict[str, Any]] | None = None,
 ) -> Path:
-    """rules/rules.yaml as shipped, with sources, keys and networks made for this fixture."""
+    """rules/rules.yaml as shipped, with sources, keys and networks made for this fixture
+    (`rule_changes`: settings that replace the shipped ones, by rule name)."""
     doc = yaml.safe_load(SHIPPED.read_text(encoding="utf-8"))
+    changes = rule_changes or {}
+    doc["rules"] = [{**rule, **changes.get(rule["name"], {})} for rule in doc["rules"]]
     doc["sources"] = [{"name": "gateway", "path": str(FIXTURES / log.path), **log.source}]
     doc["keys"] = [str(k) for k in (keys or [FIXTURES / k for k in KEYS[log.key_set]])]
     doc["networks"] = {"internal": list(internal)}
@@ -269,8 +277,15 @@ def _(tmp_path: Path) -> None:
 
 @fires("new-ip-for-key")
 def _(tmp_path: Path) -> None:
-    # the 80-second HAProxy phase: the new address shows up 24 s after the key's first request
+    # The HAProxy phase: chatbot-staging shows up from outside (c2_new_ip_outside), inside the
+    # key's first week: an outside address far from every one the key used is never learned.
     run = Run(tmp_path, HAPROXY_LOG).feed(lines_of(HAPROXY_LOG)).finish()
+    got = [(a.key, a.extra["value"]) for a in run.firing("new-ip-for-key")]
+    assert got == [("chatbot-staging", "127.88.12.0/24")]
+    # The internal ones are `known` (DELIBERATELY_QUIET); per address, with nothing known and the
+    # old 15 s of learning, they fire.
+    strict = {"new-ip-for-key": {"known": [], "value": "ip", "learn": "15s"}}
+    run = Run(tmp_path, HAPROXY_LOG, rule_changes=strict).feed(lines_of(HAPROXY_LOG)).finish()
     got = [(a.key, a.extra["value"]) for a in run.firing("new-ip-for-key")]
     assert got == [
         ("analyst-notebook", "127.0.1.140"),  # c1_new_ip_internal
@@ -291,13 +306,14 @@ def chatbot_prod_lines() -> list[str]:
 
 @fires("rate-spike")
 def _(tmp_path: Path) -> None:
-    # No recording is long enough for a 1h baseline, so: chatbot-prod's real lines (200 answers),
-    # timestamps shifted to 1 a minute for 70 minutes, then 150 in 150 s (a runaway client).
+    # No recording is long enough for a daily baseline, so: chatbot-prod's real lines (200
+    # answers), timestamps shifted to 1 a minute for two days, then 150 in 150 s (a runaway).
     real = chatbot_prod_lines()
-    start = iso("2026-11-28T06:00:00Z")
-    baseline = [at(real[i], start + 60 * i) for i in range(70)]
-    burst = [at(real[70 + i], start + 70 * 60 + i) for i in range(150)]
-    run = Run(tmp_path, NGINX_LOG).feed(baseline + burst).finish(start + 3 * 3600)
+    start = iso("2026-11-28T00:00:00Z")
+    baseline = [at(real[i % len(real)], start + 60 * i) for i in range(2 * 24 * 60)]
+    runaway = start + 2 * 86400 + 14 * 3600
+    burst = [at(real[i % len(real)], runaway + i) for i in range(150)]
+    run = Run(tmp_path, NGINX_LOG).feed(baseline + burst).finish(runaway + 3 * 3600)
     (alert, done) = run.of("rate-spike")
     assert alert.status.value == "firing" and alert.key == "chatbot-prod" and alert.count == 100
     assert 4 <= alert.extra["baseline"] <= 6 and "x the usual" in alert.summary
@@ -306,11 +322,11 @@ def _(tmp_path: Path) -> None:
 
 @quiet("rate-spike")
 def _(tmp_path: Path) -> None:
-    # The same real lines, repeated at a steady 30 a minute for 80 minutes: 150 per 5-minute
-    # window is over min_count, but it is the key's usual rate.
+    # The same real lines at 30 a minute for a day and a half: 150 per 5-minute window is over
+    # min_count, but it is the key's usual rate.
     real = chatbot_prod_lines()
     start = iso("2026-11-28T06:00:00Z")
-    steady = [at(real[i % len(real)], start + 2 * i) for i in range(80 * 30)]
+    steady = [at(real[i % len(real)], start + 2 * i) for i in range(36 * 60 * 30)]
     assert Run(tmp_path, NGINX_LOG).feed(steady).finish().of("rate-spike") == []
     # and a burst with no history at all (the key's first minutes) is not a spike either
     burst = [at(real[i], start + i) for i in range(150)]
@@ -367,11 +383,16 @@ def _(tmp_path: Path) -> None:
 @fires("scope-violation")
 def _(tmp_path: Path) -> None:
     run = Run(tmp_path, NGINX_LOG).feed(lines_of(NGINX_LOG)).finish()
-    # d_scope_violation (must) and d2_server_policy_denial (tolerated)
-    assert [a.key for a in run.firing("scope-violation")] == ["chatbot-prod", "mlops-ci"]
+    # d_scope_violation: three refused in a second (must); d2_server_policy_denial's one refused
+    # request is a mistake Xinference already refused (DELIBERATELY_QUIET)
+    (alert,) = run.firing("scope-violation")
+    assert alert.key == "chatbot-prod" and alert.count == 3
     legacy = Run(tmp_path, LEGACY_LOG).feed(lines_of(LEGACY_LOG)).finish()
-    # set B, legacy scopes: dashboard-ro has only models:list; rag-prod asked for admin
-    assert [a.key for a in legacy.firing("scope-violation")] == ["dashboard-ro", "rag-prod"]
+    # set B, legacy scopes: dashboard-ro (only models:list) keeps trying; rag-prod asked once
+    assert [a.key for a in legacy.firing("scope-violation")] == ["dashboard-ro"]
+    # a one-off refusal is still counted, for the dashboard: the key, its scope, denied
+    requests = legacy.pipeline.store.requests  # (source, key, scope, outcome) -> count
+    assert sum(n for k, n in requests.items() if k[1] == "rag-prod" and k[3] == "denied") >= 1
 
 
 @quiet("scope-violation")
@@ -519,6 +540,26 @@ ALERT_RULE = {
     "KEY_EXPIRING_SOON": "key-expiring",
     "EXPIRED_JWT_ACCEPTED": "expired-jwt-accepted",
 }
+# Expected alerts of the recordings that the shipped rules leave out on purpose (issue 8: an
+# alert is a promise that a person should look now), with why; each test below shows the event
+# is still seen (a stricter rule, or the request counters).
+DELIBERATELY_QUIET = {
+    "c1_new_ip_internal": "new-ip-for-key: internal networks are `known` (pods and hosts change "
+    "internal addresses all day); `known: []` catches it",
+    "d2_server_policy_denial": "scope-violation: one refused request is a mistake Xinference already "
+    "refused; counted in xinf_requests_total, alerted from 3 in 10 minutes",
+}
+
+
+def deliberately_quiet(entry: dict[str, Any]) -> bool:
+    """An expected entry the shipped rules leave out on purpose (DELIBERATELY_QUIET), including
+    any single refused out-of-scope request (set B's rag-prod)."""
+    if entry["scenario"] in DELIBERATELY_QUIET:
+        return True
+    single_refusal = entry.get("requests") == 1 and set(entry.get("statuses", {})) <= {"401", "403"}
+    return entry["alert"] == "SCOPE_VIOLATION" and single_refusal
+
+
 # Alerts that come with a listed one by design, not in expected_alerts.json: whenever Xinference
 # answered (200) an expired or revoked key or an expired JWT, key-state-not-enforced says so too.
 # (rule, scenario) -> the expected alert it accompanies; that entry must show a 200.
@@ -623,7 +664,10 @@ def test_replay_gives_the_same_alerts_twice(outputs: dict[str, tuple[str, str]],
 @pytest.mark.parametrize("name", list(LOGS))
 def test_every_must_alert_the_log_can_show_is_raised(outputs: dict[str, tuple[str, str]], name: str) -> None:
     fired = [a for a in alerts_of(outputs, name) if a["status"] == "firing"]
-    musts = [e for e in truth(name).entries if e["level"] == "must" and detectable(e, LOGS[name])]
+    musts = [
+        e for e in truth(name).entries
+        if e["level"] == "must" and detectable(e, LOGS[name]) and not deliberately_quiet(e)
+    ]  # fmt: skip
     assert musts, "no must entry for this log: wrong phase?"
     missing = [
         f"{e['scenario']}: {e['alert']} ({e['key_alias']}, {e['src_ips']})"
@@ -680,7 +724,7 @@ def test_set_b_expectations(outputs: dict[str, tuple[str, str]]) -> None:
     for name in ("legacy-text-nginx_access_combined_key", "legacy-json-nginx_access_combined_key"):
         fired = [a for a in alerts_of(outputs, name) if a["status"] == "firing"]
         scope = {a["key"] for a in fired if a["rule"] == "scope-violation"}
-        assert scope == {"dashboard-ro", "rag-prod"}
+        assert scope == {"dashboard-ro"}  # rag-prod's one refused request: DELIBERATELY_QUIET
         (jwt,) = [a for a in fired if a["rule"] == "expired-jwt-accepted"]
         assert jwt["key"] == "jwt:deployer"
         exp = next(e for e in truth(name).entries if e["alert"] == "EXPIRED_JWT_ACCEPTED")["jwt_exp"]
