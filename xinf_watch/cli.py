@@ -136,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="log files (gzip read transparently); default: the configured sources' files",
     )
 
+    add_init_parser(commands, common)
+
     keys = commands.add_parser(
         "keys",
         help="reports on the key registry (keys audit)",
@@ -185,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = ("run", "check", "replay", "demo", "keys")
+COMMANDS = ("run", "check", "replay", "demo", "keys", "init")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -206,6 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from xinf_watch.demo import run_demo
 
             return run_demo(args.duration, args.port)
+        if args.command == "init":
+            return cmd_init(args, sys.stdout)
         if args.command == "keys":
             return run_keys_audit(
                 args.rules,
@@ -279,6 +283,67 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
         f"{args.rules}: ok: {len(config.sources)} sources, {len(registry)} keys, {len(config.rules)} rules\n"
     )
     return Exit.OK
+
+
+def add_init_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser],
+                    common: argparse.ArgumentParser) -> None:
+    init = commands.add_parser(
+        "init", parents=[common],
+        help="write a starter rules.yaml and keys.yaml from the gateway and Xinference found here",
+        description="Find the gateway block that proxies to Xinference (nginx -T, or the configs "
+        "given), its access log and format, and Xinference's auth config or auth.db; print what was "
+        "found and the lines to add when the Authorization header is not logged; write rules.yaml "
+        "(the shipped rules) and keys.yaml (mode 0600, keys by alias and SHA-256), then check them.",
+    )
+    init.add_argument("--out", type=Path, metavar="DIR",
+                      help="where to write (default: /etc/xinf-watch as root, else the current directory)")
+    init.add_argument("--force", action="store_true", help="overwrite rules.yaml and keys.yaml in DIR")
+    init.add_argument("--nginx-config", type=Path, metavar="FILE",
+                      help="read this nginx.conf (includes followed)")
+    init.add_argument("--nginx-command", metavar="CMD",
+                      help='how to get `nginx -T` output, e.g. "docker exec gw nginx -T" (default: nginx -T)')
+    init.add_argument("--caddy-config", type=Path, metavar="FILE", help="read this Caddyfile")
+    init.add_argument("--haproxy-config", type=Path, metavar="FILE", help="read this haproxy.cfg")
+    init.add_argument("--rsyslog-config", type=Path, metavar="FILE",
+                      help="the rsyslog config that writes HAProxy's log "
+                      "(default: /etc/rsyslog.conf, /etc/rsyslog.d)")
+    init.add_argument("--upstream", metavar="HOST:PORT", default=":9997",
+                      help="Xinference's address as the gateway dials it (default: any host, port 9997)")
+    init.add_argument("--path-map", action="append", default=[], metavar="FROM=TO",
+                      help="read logs the gateway writes under FROM at TO (a container's log volume); "
+                      "repeatable")
+    init.add_argument("--auth-config", type=Path, metavar="FILE", help="Xinference's --auth-config JSON file")
+    init.add_argument("--xinference-home", type=Path, metavar="DIR",
+                      help="Xinference's home, for auth/auth.db (default: $XINFERENCE_HOME or ~/.xinference)")
+    init.add_argument("--state-dir", type=Path, metavar="DIR",
+                      help="state.dir to write (default: /var/lib/xinf-watch when creatable, else "
+                      "~/.local/state/xinf-watch)")
+
+
+def cmd_init(args: argparse.Namespace, out: TextIO) -> int:
+    import shlex
+
+    from xinf_watch.init.command import InitOptions, run_init
+    from xinf_watch.init.gateway import InitError, Upstream
+
+    try:
+        path_map = [tuple(item.split("=", 1)) for item in args.path_map]
+        if any(len(pair) != 2 or not all(pair) for pair in path_map):
+            raise InitError("--path-map: expected FROM=TO, e.g. /var/log/nginx=/srv/gw/logs")
+        options = InitOptions(
+            out=args.out, force=args.force, nginx_config=args.nginx_config,
+            nginx_command=shlex.split(args.nginx_command) if args.nginx_command else None,
+            caddy_config=args.caddy_config, haproxy_config=args.haproxy_config,
+            rsyslog_config=args.rsyslog_config, upstream=Upstream.parse(args.upstream),
+            path_map=[(a, b) for a, b in path_map], auth_config=args.auth_config,
+            xinference_home=args.xinference_home, state_dir=args.state_dir,
+        )
+        rules = run_init(options, out)
+    except InitError as exc:
+        raise UsageError(str(exc)) from None
+    out.write(f"checking {rules} (as `xinf-watch check --rules {rules}`):\n")
+    out.flush()
+    return cmd_check(argparse.Namespace(rules=rules), out)
 
 
 def replay_inputs(args: argparse.Namespace, config: Config) -> tuple[list[ReplayInput], list[SourceConfig]]:
