@@ -18,6 +18,7 @@ from typing import TextIO
 import orjson
 
 from xinf_watch import __version__
+from xinf_watch.alertsummary import DEFAULT_TOP, format_table, to_json
 from xinf_watch.config import Config, ConfigError, SourceConfig, empty_config, load_config
 from xinf_watch.keyaudit import DEFAULT_MAX_AGE, DEFAULT_WITHIN, duration_arg, run_keys_audit, time_arg
 from xinf_watch.keyfiles import KeyFileError, load_registry
@@ -25,7 +26,7 @@ from xinf_watch.keys import KeyRegistry
 from xinf_watch.metrics import MetricsStore, StoreCollector, exposition
 from xinf_watch.model import Severity
 from xinf_watch.pipeline import Pipeline
-from xinf_watch.replay import ReplayInput, replay, source_files
+from xinf_watch.replay import ReplayInput, replay, replay_summary, source_files
 
 
 class Exit(IntEnum):
@@ -124,6 +125,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rp.add_argument("--log-format", metavar="STRING", help="nginx log_format string for --format nginx")
     rp.add_argument("--events", action="store_true", help="print every attributed event instead of alerts")
+    rp.add_argument(
+        "--summary",
+        action="store_true",
+        help="instead of the alerts: per rule, how many it would have raised per UTC day, and its top "
+        "groups (to tune rules before enabling them)",
+    )
+    rp.add_argument("--json", action="store_true", help="with --summary: a JSON object instead of the table")
+    rp.add_argument(
+        "--top", type=int, metavar="N", help=f"with --summary: groups shown per rule (default {DEFAULT_TOP})"
+    )
     rp.add_argument(
         "--metrics-out", type=Path, metavar="FILE", help="write the final Prometheus text exposition to FILE"
     )
@@ -384,6 +395,12 @@ def replay_inputs(args: argparse.Namespace, config: Config) -> tuple[list[Replay
 
 
 def cmd_replay(args: argparse.Namespace, out: TextIO) -> int:
+    if args.summary and args.events:
+        raise UsageError("--summary and --events are two different outputs: choose one")
+    if not args.summary and (args.json or args.top is not None):
+        raise UsageError(f"{'--json' if args.json else '--top'} goes with --summary")
+    if args.top is not None and args.top < 1:
+        raise UsageError(f"--top {args.top}: expected at least 1")
     if args.rules is not None:
         config, registry = load_everything(args.rules)
     else:
@@ -398,13 +415,21 @@ def cmd_replay(args: argparse.Namespace, out: TextIO) -> int:
     def write(obj: dict[str, object]) -> None:
         out.write(orjson.dumps(obj).decode() + "\n")
 
-    replay(
-        pipeline,
-        inputs,
-        on_event=(lambda e: write(e.to_json())) if args.events else None,
-        on_alert=None if args.events else (lambda a: write(a.to_json())),
-        progress=None if args.quiet else sys.stderr,
-    )
+    progress = None if args.quiet else sys.stderr
+    if args.summary:
+        summary = replay_summary(pipeline, inputs, args.top or DEFAULT_TOP, progress=progress)
+        if args.json:
+            write(to_json(summary))
+        else:
+            out.write(format_table(summary))
+    else:
+        replay(
+            pipeline,
+            inputs,
+            on_event=(lambda e: write(e.to_json())) if args.events else None,
+            on_alert=None if args.events else (lambda a: write(a.to_json())),
+            progress=progress,
+        )
     if args.metrics_out is not None:
         collector = StoreCollector(store, pipeline.current_registry, now=lambda: store.last_event_ts)
         args.metrics_out.write_bytes(exposition([collector]))

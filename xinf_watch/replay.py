@@ -9,6 +9,8 @@ Rules:
 - Time is the log's own: after the last record, `advance` to the last time a source wrote flushes
   what the rules owe.
 - Replay starts from empty state and never touches the daemon's state dir.
+- `replay_summary` collects what `alertsummary.py` summarizes: the alerts, the line counts and the
+  first and last record time.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from glob import glob
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
+from xinf_watch.alertsummary import DEFAULT_TOP, Summary, summarize
 from xinf_watch.model import Alert, Event, Record
 from xinf_watch.pipeline import Pipeline
 
@@ -150,3 +153,27 @@ def replay(
             if on_alert is not None:
                 on_alert(alert)
     return count
+
+
+def replay_summary(
+    pipeline: Pipeline,
+    inputs: Iterable[ReplayInput],
+    top: int = DEFAULT_TOP,
+    progress: TextIO | None = sys.stderr,
+) -> Summary:
+    """Replay `inputs` and summarize what each rule would have raised (`alertsummary.py`)."""
+    alerts: list[Alert] = []
+    span: list[float] = []  # first and last record time
+
+    def seen(event: Event) -> None:
+        if not span:
+            span[:] = [event.ts, event.ts]
+        elif event.ts < span[0] or event.ts > span[1]:  # records merge by time, but a file may step back
+            span[:] = [min(span[0], event.ts), max(span[1], event.ts)]
+
+    replay(pipeline, inputs, on_event=seen, on_alert=alerts.append, progress=progress)
+    lines: dict[str, int] = {}
+    for (_source, result), n in pipeline.store.lines.items():
+        lines[result] = lines.get(result, 0) + n
+    first_last = (span[0], span[1]) if span else None
+    return summarize(pipeline.config.rules, alerts, lines, first_last, top)
