@@ -11,6 +11,7 @@ real (Debian package nginx-light).
 
 from __future__ import annotations
 
+import grp
 import hashlib
 import json
 import os
@@ -509,6 +510,21 @@ def test_existing_files_are_kept_unless_forced(capsys: pytest.CaptureFixture[str
     assert "edited by hand" not in (out / "keys.yaml").read_text()
     assert stat.S_IMODE((out / "keys.yaml").stat().st_mode) == 0o600
     assert sorted(p.name for p in out.iterdir()) == ["keys.yaml", "rules.yaml"]  # no temporary file left
+
+
+def test_group_makes_both_files_readable_by_the_service(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    group = grp.getgrnam("nogroup")  # any group but ours; Debian has this one
+    nginx = ["--nginx-config", CONFIG / "nginx.conf"]
+    code, stdout, stderr, out = init(capsys, tmp_path, *nginx, "--group", "nogroup")
+    assert code == 0, stderr
+    assert f"wrote {out / 'keys.yaml'} (mode 0640)" in stdout
+    for name in ("rules.yaml", "keys.yaml"):
+        st = (out / name).stat()
+        assert (st.st_gid, stat.S_IMODE(st.st_mode)) == (group.gr_gid, 0o640)
+    code, _, stderr, _ = init(capsys, tmp_path, *nginx, "--group", "no-such-group", "--force")
+    assert (code, stderr) == (2, "xinf-watch: --group no-such-group: no such group\n")
 
 
 def test_a_state_dir_that_cannot_be_created_is_refused(

@@ -309,6 +309,9 @@ def add_init_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
     init.add_argument("--out", type=Path, metavar="DIR",
                       help="where to write (default: /etc/xinf-watch as root, else the current directory)")
     init.add_argument("--force", action="store_true", help="overwrite rules.yaml and keys.yaml in DIR")
+    init.add_argument("--group", metavar="GROUP",
+                      help="give both files to GROUP, mode 0640: the service's group "
+                      "(default: keys.yaml 0600, rules.yaml 0644)")
     init.add_argument("--nginx-config", type=Path, metavar="FILE",
                       help="read this nginx.conf (includes followed)")
     init.add_argument("--nginx-command", metavar="CMD",
@@ -347,7 +350,7 @@ def cmd_init(args: argparse.Namespace, out: TextIO) -> int:
             caddy_config=args.caddy_config, haproxy_config=args.haproxy_config,
             rsyslog_config=args.rsyslog_config, upstream=Upstream.parse(args.upstream),
             path_map=[(a, b) for a, b in path_map], auth_config=args.auth_config,
-            xinference_home=args.xinference_home, state_dir=args.state_dir,
+            xinference_home=args.xinference_home, state_dir=args.state_dir, group=args.group,
         )
         rules = run_init(options, out)
     except InitError as exc:

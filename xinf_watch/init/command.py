@@ -13,6 +13,7 @@ caller (cli.py) then runs `check` on the rules.yaml written.
 
 from __future__ import annotations
 
+import grp
 import os
 import re
 import shutil
@@ -47,6 +48,7 @@ class InitOptions:
     auth_config: Path | None = None
     xinference_home: Path | None = None
     state_dir: Path | None = None
+    group: str | None = None  # the files readable by this group (the service's), else keys.yaml 0600
 
 
 def default_out() -> Path:
@@ -78,9 +80,15 @@ def run_init(opts: InitOptions, out: TextIO) -> Path:
     keys = [(str(a.path), f"Xinference {a.kind} (read-only, never copied)") for a in found_auth]
     keys.append((str(keys_path), "xinf-watch key metadata: alias, owner, expiry, allowed_ips"))
     rules_text = rules_yaml(SHIPPED_RULES.read_text(encoding="utf-8"), sources, keys, state, header)
+    # With --group the service's group reads both; without, keys.yaml is for its owner alone.
+    rules_mode, keys_mode = (0o640, 0o640) if opts.group else (0o644, 0o600)
     write_files(
-        [(rules_path, rules_text, 0o644), (keys_path, auth.keys_yaml(entries, found_auth, now), 0o600)],
+        [
+            (rules_path, rules_text, rules_mode),
+            (keys_path, auth.keys_yaml(entries, found_auth, now), keys_mode),
+        ],
         opts.force,
+        _gid(opts.group),
     )
     out.write(
         f"wrote {rules_path}: {len(sources)} source(s), {len(keys)} key file(s), state.dir {state}, "
@@ -88,7 +96,7 @@ def run_init(opts: InitOptions, out: TextIO) -> Path:
     )
     aliases = ", ".join(auth.aliases(entries)) or "none"
     out.write(
-        f"wrote {keys_path} (mode 0600): {len(entries)} key(s) by alias ({aliases}); "
+        f"wrote {keys_path} (mode {keys_mode:04o}): {len(entries)} key(s) by alias ({aliases}); "
         "fill in expires_at and allowed_ips\n"
     )
     pending = [log for log in logs if log.fix]
@@ -99,6 +107,15 @@ def run_init(opts: InitOptions, out: TextIO) -> Path:
             ", reload, and xinf-watch sees the keys\n"
         )
     return rules_path
+
+
+def _gid(name: str | None) -> int:
+    if name is None:
+        return -1
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise InitError(f"--group {name}: no such group") from None
 
 
 def _gateways(opts: InitOptions, out: TextIO) -> list[GatewayLog]:

@@ -103,8 +103,9 @@ def creatable(path: Path) -> bool:
     return existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)
 
 
-def write_files(files: Sequence[tuple[Path, str, int]], force: bool) -> None:
-    """Write (path, text, mode) each; nothing at all when one exists and not `force`."""
+def write_files(files: Sequence[tuple[Path, str, int]], force: bool, gid: int = -1) -> None:
+    """Write (path, text, mode) each, owned by group `gid` when given; nothing at all when one
+    exists and not `force`."""
     existing = [str(path) for path, _, _ in files if path.exists()]
     if existing and not force:
         raise InitError(
@@ -117,6 +118,7 @@ def write_files(files: Sequence[tuple[Path, str, int]], force: bool) -> None:
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(text)
+            os.chown(tmp, -1, gid)
             os.chmod(tmp, mode)  # exactly this mode, whatever the umask left
             os.replace(tmp, path)
         except BaseException:
