@@ -103,8 +103,10 @@ class Traffic:
             self.line("192.0.2.50", "POST", "/v1/chat/completions", 200, f"Bearer {k['chatbot-prod'].key}")]
         yield "finance-bot used outside its allowed_ips", [
             self.line("10.9.9.9", "GET", "/v1/models", 200, f"Bearer {k['finance-bot'].key}")]
-        yield "a chat key tries to launch a model", [
-            self.line("10.1.0.21", "POST", "/v1/models", 403, f"Bearer {k['chatbot-prod'].key}")]
+        yield "a chat key tries to launch, stop and register models", [
+            self.line("10.1.0.21", method, path, 403, f"Bearer {k['chatbot-prod'].key}")
+            for method, path in (("POST", "/v1/models"), ("DELETE", "/v1/models/qwen2.5-instruct"),
+                                 ("POST", "/v1/model_registrations/LLM"))]
         yield "the WebUI is opened from outside", [
             self.line("203.0.113.99", "GET", "/", 200, None),
             self.line("203.0.113.99", "GET", "/_next/static/chunks/main.js", 200, None)]
@@ -127,9 +129,7 @@ def write_config(directory: Path, traffic: Traffic, port: int) -> Path:
         "metrics": {"listen": f"127.0.0.1:{port}"},
         "state": {"dir": str(directory / "state")},
         "notify": {"ops": []},
-        # The shipped rules as they are, but a key's first 5 s (not 1 min) is its address baseline,
-        # so the demo's new-address incident shows within its first minute.
-        "rules": [{**r, "learn": "5s"} if r["kind"] == "new_value" else r for r in shipped["rules"]],
+        "rules": shipped["rules"],  # as shipped
     }
     path = directory / "rules.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
