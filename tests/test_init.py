@@ -414,6 +414,19 @@ def test_nginx_includes_and_upstream_blocks(capsys: pytest.CaptureFixture[str], 
     check(capsys, out / "rules.yaml")
 
 
+def test_nginx_location_with_logging_off(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    config = DATA / "nginx-log-off.conf"
+    code, stdout, stderr, out = init(capsys, tmp_path, "--nginx-config", config)
+    assert code == 0, stderr
+    assert f"note: {config}:7: access_log off turns logging off here: remove it" in stdout
+    assert (
+        f"    in the location block ({config}:6):\n"
+        "      access_log /var/log/nginx/xinference.access.log combined_key;\n"
+    ) in stdout
+    assert rules_of(out)["sources"][0]["path"] == "/var/log/nginx/xinference.access.log"
+    check(capsys, out / "rules.yaml")
+
+
 def test_caddy_without_a_log(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     caddyfile = DATA / "Caddyfile-no-log"
     code, stdout, stderr, out = init(capsys, tmp_path, "--caddy-config", caddyfile)
@@ -520,9 +533,9 @@ def test_group_makes_both_files_readable_by_the_service(
     code, stdout, stderr, out = init(capsys, tmp_path, *nginx, "--group", "nogroup")
     assert code == 0, stderr
     assert f"wrote {out / 'keys.yaml'} (mode 0640)" in stdout
-    for name in ("rules.yaml", "keys.yaml"):
-        st = (out / name).stat()
-        assert (st.st_gid, stat.S_IMODE(st.st_mode)) == (group.gr_gid, 0o640)
+    for path, mode in ((out, 0o750), (out / "rules.yaml", 0o640), (out / "keys.yaml", 0o640)):
+        st = path.stat()
+        assert (st.st_gid, stat.S_IMODE(st.st_mode)) == (group.gr_gid, mode), path
     code, _, stderr, _ = init(capsys, tmp_path, *nginx, "--group", "no-such-group", "--force")
     assert (code, stderr) == (2, "xinf-watch: --group no-such-group: no such group\n")
 

@@ -133,9 +133,7 @@ def _gateways(opts: InitOptions, out: TextIO) -> list[GatewayLog]:
     if opts.haproxy_config is not None:
         logs += haproxy.find_logs(haproxy.load_file(opts.haproxy_config), opts.upstream, _rsyslog(opts))
     if opts.nginx_command is not None:
-        command = " ".join(opts.nginx_command)
-        dump = nginx.load_dump(nginx.run_dump(opts.nginx_command), command)
-        logs += nginx.find_logs(dump, opts.upstream, "/etc/nginx", command)
+        logs += nginx.from_command(opts.nginx_command, opts.upstream)
     elif not given:
         logs += _detect(opts, out)
     if not logs:
@@ -152,14 +150,7 @@ def _detect(opts: InitOptions, out: TextIO) -> list[GatewayLog]:
     caddyfile, haproxy_cfg = _HOST_CADDYFILE, _HOST_HAPROXY
     attempts: list[tuple[str, Callable[[], list[GatewayLog]]]] = []
     if shutil.which("nginx"):
-        attempts.append(
-            (
-                "nginx -T",
-                lambda: nginx.find_logs(
-                    nginx.load_dump(nginx.run_dump(["nginx", "-T"])), opts.upstream, "/etc/nginx", "nginx -T"
-                ),
-            )
-        )
+        attempts.append(("nginx -T", lambda: nginx.from_command(["nginx", "-T"], opts.upstream)))
     if caddyfile.is_file():
         attempts.append(
             (

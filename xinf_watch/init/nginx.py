@@ -168,8 +168,9 @@ def load_file(path: Path) -> list[Directive]:
     return _expand(parse(files.read(str(path)), str(path)), files, str(path.parent))
 
 
-def load_dump(text: str, origin: str = "nginx -T") -> list[Directive]:
-    """The output of `nginx -T`: the first file is the main config, the others its includes."""
+def load_dump(text: str, origin: str = "nginx -T") -> tuple[list[Directive], str]:
+    """The output of `nginx -T` (the first file is the main config, the others its includes), and
+    the main file's directory."""
     marks = list(_CONFIG_MARK.finditer(text))
     if not marks:
         raise InitError(f"{origin}: no '# configuration file' in its output (is this nginx -T?)")
@@ -179,7 +180,7 @@ def load_dump(text: str, origin: str = "nginx -T") -> list[Directive]:
     }
     main = marks[0].group(1)
     files = _Files(dump)
-    return _expand(parse(dump[main], main), files, os.path.dirname(main))
+    return _expand(parse(dump[main], main), files, os.path.dirname(main)), os.path.dirname(main)
 
 
 def run_dump(command: Sequence[str]) -> str:
@@ -192,6 +193,13 @@ def run_dump(command: Sequence[str]) -> str:
         last = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
         raise InitError(f"{' '.join(command)}: {last}")
     return done.stdout
+
+
+def from_command(command: Sequence[str], upstream: Upstream) -> list[GatewayLog]:
+    """The blocks that proxy to `upstream` in what `nginx -T` (or `command`) prints."""
+    origin = " ".join(command)
+    directives, conf_dir = load_dump(run_dump(command), origin)
+    return find_logs(directives, upstream, conf_dir, origin)
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,6 +315,8 @@ def _gateway_log(
         notes += [note] if note else []
         fmt = _format_of(log, formats)
         if path is None:
+            what = "turns logging off here: remove it" if log.args[:1] == ["off"] else "is not a file"
+            notes.append(f"{log.where}: access_log {log.args[0] if log.args else ''} {what}")
             continue
         if fmt is None:
             notes.append(f"{log.where}: log_format {log.args[1]!r} is not defined in the files read")

@@ -112,7 +112,11 @@ def write_files(files: Sequence[tuple[Path, str, int]], force: bool, gid: int = 
             f"{', '.join(existing)}: already there (use --force to overwrite; nothing was written)"
         )
     for path, text, mode in files:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.parent.exists():
+            path.parent.mkdir(parents=True)
+            if gid != -1:  # a directory made for the service's group: it reads, nobody else does
+                os.chown(path.parent, -1, gid)
+                os.chmod(path.parent, 0o750)
         tmp = path.with_name(f".{path.name}.init-{os.getpid()}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
         try:
