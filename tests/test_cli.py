@@ -38,7 +38,7 @@ EVENT_FIELDS = {
     "ts", "source", "ip", "ip_forwarded", "method", "path", "status", "outcome", "reason",
     "credential", "key", "owner", "key_state", "scope", "scope_allowed", "duration", "bytes",
     "user_agent", "request_id",
-} | {"ip_allowed", "fingerprint"}  # fmt: skip
+} | {"ip_allowed", "fingerprint", "scope_denied_by"}  # fmt: skip
 
 
 def run_process(

@@ -14,7 +14,7 @@ from ipaddress import IPv4Address, IPv6Address, ip_address
 from urllib.parse import unquote
 
 from xinf_watch.keys import Attribution, KeyRegistry
-from xinf_watch.model import CredentialKind, Event, KeyState, Outcome, Record
+from xinf_watch.model import CredentialKind, Event, KeyState, Outcome, Record, ScopeDenial
 from xinf_watch.scopes import ScopeMap
 
 MAX_PATH = 1024
@@ -90,9 +90,11 @@ class Attributor:
             who = registry.resolve(record.credential, record.ts)
         path = normalise_path(record.path)
         scope = self.scopes.scope_for(record.method, record.path)  # decodes like Starlette: once
-        scope_allowed = self.scopes.covers(
-            who.permissions, scope, api_key=who.credential is CredentialKind.API_KEY
-        )
+        api_key = who.credential is CredentialKind.API_KEY
+        scope_allowed = self.scopes.covers(who.permissions, scope, api_key=api_key)
+        denied_by: ScopeDenial | None = None
+        if scope_allowed is False:
+            denied_by = self.scopes.denied_by(scope, api_key=api_key)
         if record.credential is not None and not self.credentials_logged:
             self.credentials_logged = True
         reason = record.reason
@@ -126,4 +128,5 @@ class Attributor:
             user_agent=record.user_agent,
             request_id=record.request_id,
             fingerprint=who.fingerprint,
+            scope_denied_by=denied_by,
         )

@@ -35,6 +35,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from xinf_watch.alerts import AlertJournal, Deliverer, build_targets, targets_for
 from xinf_watch.config import Config, ConfigError, SourceConfig, load_config
+from xinf_watch.keydates import DisabledSince
 from xinf_watch.keyfiles import KeyFileError
 from xinf_watch.keys import KeyRegistry
 from xinf_watch.keysources import KeySources
@@ -168,10 +169,12 @@ class Daemon:
     def start(self) -> None:
         """Load config, keys and state, open the port, start the sender. Raises on a bad config."""
         config = load_config(self.rules_path)
-        self.key_sources = KeySources(config.keys, config.key_sites)
-        registry = self.key_sources.load()
         self.state = StateStore(config.state.dir, log=log.error)
         checkpoint = self.state.load()
+        # when auth.db first showed each key disabled: restored before the keys are loaded
+        self.disabled_since = DisabledSince(checkpoint.blobs.get("key_dates"))
+        self.key_sources = KeySources(config.keys, config.key_sites, disabled_since=self.disabled_since)
+        registry = self.key_sources.load()
         self.store = MetricsStore()
         self.store.restore(checkpoint.blobs.get("metrics", {}))
         self.stats.restore(checkpoint.blobs.get("loop", {}))
@@ -360,7 +363,7 @@ class Daemon:
         notify = {r.name: r.notify for r in config.rules}
         started = time.perf_counter()
         blobs: dict[str, Any] = {"metrics": self.store.snapshot(), "rules": self.engine.snapshot(),
-                                 "loop": self.stats.snapshot()}
+                                 "loop": self.stats.snapshot(), "key_dates": self.disabled_since.snapshot()}
         self.state.commit(
             {name: [position_to_json(p) for p in t.positions()] for name, t in self.tailers.items()},
             blobs,
@@ -378,7 +381,7 @@ class Daemon:
         self.notifier.reloading()
         try:
             config = load_config(self.rules_path)
-            key_sources = KeySources(config.keys, config.key_sites)
+            key_sources = KeySources(config.keys, config.key_sites, disabled_since=self.disabled_since)
             registry = key_sources.load()
             # rule state carries over, by rule name
             pipeline = Pipeline.build(config, registry, self.store, rule_state=self.engine.snapshot())
@@ -422,6 +425,7 @@ class Daemon:
         if registry is not None:
             with self.lock:
                 self.pipeline.registry = registry
+                self._dirty = True  # a key newly disabled in auth.db: its date is committed at once
             log.info("key files changed: %d keys", len(registry))
 
     def shutdown(self) -> None:

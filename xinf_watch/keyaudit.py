@@ -6,7 +6,9 @@ exit code. Findings name a key by its alias only: never the key, its hash or its
 
 Rules, judged at `now`. A revoked key gets only `revoked`; every other key is checked for all the
 rest. A "legacy" key is one whose key files show it as an `sk-` key.
-- `revoked` (info): revoked in keys.yaml or Xinference, or its owner disabled. Fine, but listed.
+- `revoked` (info): revoked in keys.yaml or Xinference, or its owner disabled, with the date
+  from which it is (keys.yaml's revoked_at) where known. Fine, but listed. A key whose
+  revoked_at is after `now` is not revoked yet: it is audited like any other.
 - `expired` (critical): expires_at <= now and not revoked: a dead key still listed as live.
 - `expiring` (warning): now < expires_at <= now + `within`.
 - `no_expiry` (warning): no expires_at, or a legacy key whatever its expires_at: keys of
@@ -111,14 +113,23 @@ def _audit_entry(
 
     legacy = (entry.prefix or "").startswith("sk-")
     if state is KeyState.REVOKED:
-        why = "revoked" if entry.revoked else f"its owner {entry.owner} is disabled"
-        yield finding("revoked", f"{why}; still listed, so its uses show as key_state revoked")
+        own = entry.revoked_from is not None and entry.revoked_from <= now
+        since = entry.revoked_at if own else owner.disabled_at if owner else None
+        why = "revoked" if own else f"its owner {entry.owner} is disabled"
+        if since is None:
+            yield finding("revoked", f"{why}; still listed, so its uses show as key_state revoked")
+        else:
+            yield finding(
+                "revoked",
+                f"{why} since {format_ts(since)} ({span(now - since)} ago); still listed, so its uses"
+                " from then on show as key_state revoked",
+            )
         return
     if state is KeyState.EXPIRED and entry.expires_at is not None:
         yield finding(
             "expired",
             f"expired {format_ts(entry.expires_at)} ({span(now - entry.expires_at)} ago) but not revoked:"
-            " delete or disable it in Xinference (or its auth config), then set revoked: true in keys.yaml",
+            " delete or disable it in Xinference (or its auth config), then set revoked_at in keys.yaml",
         )
     elif entry.expires_at is not None and entry.expires_at <= now + within:
         yield finding(

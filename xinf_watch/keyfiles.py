@@ -14,6 +14,11 @@ them, else from the auth config or auth.db (a key's permissions = its user's). R
 expiry are the exception: what Xinference enforces (auth.db: key or owner disabled, expires_at)
 always counts, so a key is revoked if keys.yaml or auth.db says so, and expires at the earlier of
 the two expiries.
+Revocation dates: keys.yaml's `revoked_at` (implies revoked; `revoked: true` without it means at
+all times, `revoked: false` with it is an error). auth.db records no date, so a key or user it
+shows disabled is dated only by `disabled_since` (the daemon's memory of when it first saw that,
+keydates.py); without one (replay, check, audit) it is revoked at all times unless keys.yaml
+dates the revocation. A key revoked by both is revoked from the earlier date.
 Aliases: explicit aliases (keys.yaml) must be unique (else `KeyFileError`) and cannot be
 `unknown`, `none` or `jwt:...`. The default alias is auth.db's key name, else
 `<owner>:<last 4 chars of key>` (`<owner>:<first 4 hex of sha256>` for a key known only by hash;
@@ -34,7 +39,7 @@ import re
 import stat
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from ipaddress import ip_network
 from pathlib import Path
@@ -43,6 +48,7 @@ from typing import Any
 import yaml
 
 from xinf_watch.authdb import SQLITE_MAGIC, AuthDbError, read_auth_db
+from xinf_watch.keydates import DisabledSince
 from xinf_watch.keys import IPNetwork, KeyEntry, KeyRegistry, UserEntry, sha256_hex
 
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
@@ -51,7 +57,7 @@ _KEY_TOKEN = re.compile(r"(?:sk-|xf-|eyJ)[A-Za-z0-9_.-]{4,}|\b[0-9a-fA-F]{32,}\b
 _RESERVED = frozenset({"unknown", "none"})
 _KEYS_YAML_FIELDS = frozenset(
     {"key", "key_sha256", "alias", "owner", "name", "permissions", "created_at", "expires_at", "revoked"}
-    | {"allowed_ips"}
+    | {"revoked_at", "allowed_ips"}
 )
 _RANK_AUTH_CONFIG, _RANK_KEYS_YAML = 1, 2
 
@@ -135,11 +141,19 @@ class _Doc:
         return _Origin(self.file, _line_of(self.node, steps), where)
 
 
-def load_registry(paths: Sequence[Path], named_at: Sequence[str] = ()) -> KeyRegistry:
+def load_registry(
+    paths: Sequence[Path],
+    named_at: Sequence[str] = (),
+    *,
+    disabled_since: DisabledSince | None = None,
+    now: float = 0.0,
+) -> KeyRegistry:
     """Merge key files (any mix of auth.json, api_keys JSON, auth.db and keys.yaml) into one registry.
 
     `named_at[i]`: where the config names `paths[i]` (`rules.yaml:25: keys[1]`), the place to
-    report it when it cannot be opened. Raises `KeyFileError` naming every broken file."""
+    report it when it cannot be opened. Raises `KeyFileError` naming every broken file.
+    `disabled_since`: the daemon's memory of auth.db's disabled keys and users; it is told what
+    auth.db shows disabled `now`, and dates those revocations."""
     contributions: list[_Contribution] = []
     users: dict[str, UserEntry] = {}
     errors: list[KeyFileError] = []
@@ -153,6 +167,8 @@ def load_registry(paths: Sequence[Path], named_at: Sequence[str] = ()) -> KeyReg
         users.update((u.name, u) for u in file_users)
     if errors:
         raise errors[0] if len(errors) == 1 else KeyFilesError(errors)
+    if disabled_since is not None:
+        _date_disabled(disabled_since, now, contributions, users)
     merged: dict[str, _Merged] = {}
     for c in contributions:  # first pass: entry order = first appearance
         m = merged.setdefault(c.sha256, _Merged(c.sha256))
@@ -184,6 +200,7 @@ def _entries(merged: list[_Merged]) -> list[KeyEntry]:
     entries = []
     for m in merged:
         f = m.fields
+        revoked = f.get("revoked", False) or f.get("server_revoked", False)
         entries.append(
             KeyEntry(
                 alias=aliases[m.sha256],
@@ -191,11 +208,12 @@ def _entries(merged: list[_Merged]) -> list[KeyEntry]:
                 permissions=f.get("permissions"),
                 created_at=f.get("created_at"),
                 expires_at=min(_given(f.get("expires_at"), f.get("server_expires_at")), default=None),
-                revoked=f.get("revoked", False) or f.get("server_revoked", False),
+                revoked=revoked,
                 allowed_ips=f.get("allowed_ips", ()),
                 sha256=m.sha256,
                 prefix=m.prefix,
                 name=f.get("name"),
+                revoked_at=_revoked_at(f) if revoked else None,
             )
         )
     if len({e.alias for e in entries}) != len(entries):
@@ -203,6 +221,28 @@ def _entries(merged: list[_Merged]) -> list[KeyEntry]:
             "keys", "two keys ended up with the same alias (expected unique aliases: set alias:)"
         )
     return entries
+
+
+def _date_disabled(
+    memory: DisabledSince, now: float, contributions: list[_Contribution], users: dict[str, UserEntry]
+) -> None:
+    disabled = {c.sha256 for c in contributions if c.fields.get("server_revoked")}
+    memory.observe(disabled, {u.name for u in users.values() if u.disabled}, now)
+    for c in contributions:
+        if c.sha256 in disabled and (since := memory.key(c.sha256)) is not None:
+            c.fields["server_revoked_at"] = since
+    for name, user in users.items():
+        if user.disabled:
+            users[name] = replace(user, disabled_at=memory.user(name))
+
+
+def _revoked_at(f: dict[str, Any]) -> float | None:
+    """The earliest dated revocation; None (at all times) when keys.yaml revokes without a date,
+    or only auth.db revokes and nobody knows since when."""
+    own = f.get("revoked", False)
+    if own and f.get("revoked_at") is None:
+        return None
+    return min(_given(f.get("revoked_at") if own else None, f.get("server_revoked_at")), default=None)
 
 
 def _given(*values: float | None) -> list[float]:
@@ -372,7 +412,12 @@ def _load_keys_yaml(doc: _Doc, data: dict[str, Any]) -> list[_Contribution]:
         if item.get("revoked") is not None:
             if not isinstance(item["revoked"], bool):
                 raise doc.at("keys", i, "revoked").error("expected true or false")
-            fields["revoked"] = item["revoked"]
+            fields["revoked"], fields["revoked_at"] = item["revoked"], None
+        if item.get("revoked_at") is not None:
+            where = doc.at("keys", i, "revoked_at")
+            if fields.get("revoked") is False:
+                raise where.error("given with revoked: false (expected revoked: true or no revoked:)")
+            fields["revoked"], fields["revoked_at"] = True, _epoch(where, item["revoked_at"])
         if item.get("allowed_ips") is not None:
             fields["allowed_ips"] = _networks(doc.at("keys", i, "allowed_ips"), item["allowed_ips"])
         alias_at = doc.at("keys", i, "alias") if "alias" in fields else None

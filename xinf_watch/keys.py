@@ -15,8 +15,11 @@ Resolving (`KeyRegistry.resolve`, per log line, cached per credential string):
   anything else (`Bearer undefined`, `Basic ...`) is credential other, key unknown.
 - Unknown credentials carry a fingerprint: the first 12 hex of the token's SHA-256 (of a hashed
   credential: its first 12 hex, so raw and hashed logs agree).
-- Key state: revoked (the entry, or its owner, is disabled), expired (expires_at <= at), valid.
-  JWT state: expired (exp < at), revoked (user disabled), valid.
+- Key state at `at`: revoked (the entry is revoked, or its owner disabled, and `at` is at or after
+  revoked_at / disabled_at; no date: at all times), else expired (expires_at <= at), else valid.
+  JWT state: expired (exp < at), revoked (user disabled at `at`), valid.
+- A resolution is a short timeline (at most one change per date: expiry, revocation), so the
+  state of a line is a bisect over at most two times in a cached tuple.
 
 Audit-log hints (`resolve_hint`): audit.log names a key by user, key name and 7-char prefix. A
 prefix with neither user nor name is how Xinference logs a key it did not find (`invalid_key`),
@@ -36,6 +39,7 @@ import hashlib
 import json
 import math
 import re
+from bisect import bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Network, IPv6Network
@@ -63,17 +67,20 @@ class KeyEntry:
     sha256: str = field(repr=False)  # with prefix and alias, enough to brute-force short sk- keys
     prefix: str | None  # first 7 chars (audit.log's api_key_prefix); None when only the hash is known
     name: str | None = None  # Xinference's key name, e.g. migrated-sk-Yn9g
+    revoked_at: float | None = None  # when revoked: from then on; None: at all times
 
     @property
     def ref(self) -> str:
         return f"sha256:{self.sha256[:8]}"
 
+    @property
+    def revoked_from(self) -> float | None:
+        """From when the key is revoked: -inf at all times, None never."""
+        return _since(self.revoked, self.revoked_at)
+
     def state_at(self, at: float) -> KeyState:
-        if self.revoked:
-            return KeyState.REVOKED
-        if self.expires_at is not None and self.expires_at <= at:
-            return KeyState.EXPIRED
-        return KeyState.VALID
+        """The key's own state at `at` (`KeyRegistry.state_of` also counts a disabled owner)."""
+        return _state(at, self.revoked_from, self.expires_at)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +88,26 @@ class UserEntry:
     name: str
     permissions: frozenset[str] | None  # None: not known
     disabled: bool = False
+    disabled_at: float | None = None  # when disabled: from then on; None: at all times
+
+    @property
+    def disabled_from(self) -> float | None:
+        """From when the user is disabled: -inf at all times, None never."""
+        return _since(self.disabled, self.disabled_at)
+
+
+def _since(flag: bool, at: float | None) -> float | None:
+    if not flag:
+        return None
+    return -math.inf if at is None else at
+
+
+def _state(at: float, revoked_from: float | None, expires_at: float | None) -> KeyState:
+    if revoked_from is not None and revoked_from <= at:
+        return KeyState.REVOKED
+    if expires_at is not None and expires_at <= at:
+        return KeyState.EXPIRED
+    return KeyState.VALID
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,18 +124,34 @@ class Attribution:
 
 @dataclass(frozen=True, slots=True)
 class _Resolution:
-    """A cached lookup: the attribution before and from `until` on (a key or JWT expiring)."""
+    """A cached lookup: `states[i]` holds from `changes[i - 1]` (inclusive) to `changes[i]`."""
 
-    until: float
-    before: Attribution
-    after: Attribution
+    changes: tuple[float, ...]  # ascending; () for an attribution that never changes
+    states: tuple[Attribution, ...]  # one more than changes
 
     def at(self, at: float) -> Attribution:
-        return self.before if at < self.until else self.after
+        return self.states[bisect_right(self.changes, at)] if self.changes else self.states[0]
 
 
 def _fixed(attribution: Attribution) -> _Resolution:
-    return _Resolution(math.inf, attribution, attribution)
+    return _Resolution((), (attribution,))
+
+
+def _timeline(
+    base: Attribution, revoked_from: float | None, expires: float | None, *, expiry_wins: bool = False
+) -> _Resolution:
+    """`base` (valid) becoming revoked from `revoked_from` and expired from `expires` (None: never).
+    Revoked wins over expired for keys; for JWTs (`expiry_wins`) an expired token is expired."""
+    changes = sorted({t for t in (revoked_from, expires) if t is not None and math.isfinite(t)})
+
+    def state(at: float) -> Attribution:
+        revoked = revoked_from is not None and revoked_from <= at
+        expired = expires is not None and expires <= at
+        if expired and (expiry_wins or not revoked):
+            return replace(base, state=KeyState.EXPIRED)
+        return replace(base, state=KeyState.REVOKED) if revoked else base
+
+    return _Resolution(tuple(changes), (state(-math.inf), *(state(t) for t in changes)))
 
 
 _NONE = _fixed(Attribution(CredentialKind.NONE, "none", None, KeyState.NONE, None, (), None, False))
@@ -172,14 +215,14 @@ class KeyRegistry:
     def resolve(self, credential: str | None, at: float) -> Attribution:
         """Attribute an Authorization value (or bare token, hash, consumer name) at time `at`."""
         if not credential:
-            return _NONE.before
+            return _NONE.states[0]
         res = self._cache.get(credential)
         if res is None:
             res = self._lookup(credential)
             if len(self._cache) >= CACHE_LIMIT:
                 self._cache.clear()
             self._cache[credential] = res
-        return res.before if at < res.until else res.after
+        return res.states[bisect_right(res.changes, at)] if res.changes else res.states[0]
 
     def resolve_hint(self, hint: KeyHint, at: float) -> Attribution:
         """Attribute an audit.log line's user / key name / key prefix at time `at`."""
@@ -197,11 +240,8 @@ class KeyRegistry:
             CredentialKind.API_KEY, entry.alias, entry.owner, KeyState.VALID, entry.permissions,
             entry.allowed_ips, None, True,
         )  # fmt: skip
-        if entry.revoked or (owner is not None and owner.disabled):
-            return _fixed(replace(valid, state=KeyState.REVOKED))
-        if entry.expires_at is None:
-            return _fixed(valid)
-        return _Resolution(entry.expires_at, valid, replace(valid, state=KeyState.EXPIRED))
+        since = [t for t in (entry.revoked_from, owner.disabled_from if owner else None) if t is not None]
+        return _timeline(valid, min(since, default=None), entry.expires_at)
 
     def _lookup(self, credential: str) -> _Resolution:
         value = credential.strip()
@@ -235,16 +275,14 @@ class KeyRegistry:
         user = self._users.get(sub) if sub else None
         if user is None:
             return _unknown(CredentialKind.JWT, _fingerprint(token))
-        session = self._session(user)
-        if exp is None:
-            return _fixed(session)
         # exp is inclusive: the token is expired once exp < at
-        return _Resolution(math.nextafter(exp, math.inf), session, replace(session, state=KeyState.EXPIRED))
+        expires = None if exp is None else math.nextafter(exp, math.inf)
+        return _timeline(self._session(user), user.disabled_from, expires, expiry_wins=True)
 
     def _session(self, user: UserEntry) -> Attribution:
-        state = KeyState.REVOKED if user.disabled else KeyState.VALID
+        name = user.name
         return Attribution(
-            CredentialKind.JWT, f"jwt:{user.name}", user.name, state, user.permissions, (), None, False
+            CredentialKind.JWT, f"jwt:{name}", name, KeyState.VALID, user.permissions, (), None, False
         )
 
     def _hint_lookup(self, hint: KeyHint) -> _Resolution:
@@ -254,7 +292,7 @@ class KeyRegistry:
             known = self._users.get(user)
             if known is None:
                 return _unknown(CredentialKind.JWT, _fingerprint(f"user:{user}"))
-            return _fixed(self._session(known))
+            return _timeline(self._session(known), known.disabled_from, None)
         if not prefix:
             if user and auth_type == "api_key":
                 return _unknown(CredentialKind.API_KEY, None)

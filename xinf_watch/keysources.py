@@ -9,6 +9,7 @@ registry (Xinference writes auth.db at every login). Broken files raise `KeyFile
 one of them; one that cannot be opened at the rules.yaml line naming it) and are not read again
 until they change, unless an error was transient (auth.db busy): then the next call tries again.
 Either way the caller keeps its registry.
+Every load tells `disabled_since` (keydates.py) what auth.db shows disabled, at the clock's time.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from xinf_watch.authdb import wal_path
+from xinf_watch.keydates import DisabledSince
 from xinf_watch.keyfiles import KeyFileError, load_registry
 from xinf_watch.keys import KeyRegistry
 
@@ -30,11 +32,17 @@ class KeySources:
     """The key files of a running daemon: loaded whole, reloaded when their stat signature changes."""
 
     def __init__(
-        self, paths: Sequence[Path], named_at: Sequence[str] = (), *, clock: Callable[[], int] = time.time_ns
+        self,
+        paths: Sequence[Path],
+        named_at: Sequence[str] = (),
+        *,
+        clock: Callable[[], int] = time.time_ns,
+        disabled_since: DisabledSince | None = None,
     ) -> None:
         self.paths = tuple(Path(p) for p in paths)
         self.named_at = tuple(named_at)  # where rules.yaml names each path, for errors
         self._clock = clock
+        self.disabled_since = disabled_since
         self._seen: _Signature | None = None  # signature of the last load, good or broken
         self._again = False  # look again although the signature is the same (racy or transient)
         self._current: KeyRegistry | None = None
@@ -43,7 +51,9 @@ class KeySources:
         """Load every file now (raises KeyFileError); the result is what later reloads compare to."""
         started, seen = self._clock(), self._signature()
         try:
-            registry = load_registry(self.paths, self.named_at)
+            registry = load_registry(
+                self.paths, self.named_at, disabled_since=self.disabled_since, now=started / 1e9
+            )
         except KeyFileError as e:
             self._seen, self._again = seen, e.transient
             raise

@@ -50,6 +50,13 @@ class KeyState(StrEnum):
     NONE = "none"  # no credential at all
 
 
+class ScopeDenial(StrEnum):
+    """What keeps a key from a scope (`Event.scope_denied_by`)."""
+
+    PERMISSIONS = "permissions"  # the key's (or its owner's) permissions do not cover it
+    API_KEY_LIMIT = "api_key_limit"  # advanced auth: API keys only reach models:list / models:read
+
+
 class CredentialKind(StrEnum):
     API_KEY = "api_key"
     JWT = "jwt"
@@ -125,6 +132,7 @@ class Event:
     user_agent: str | None
     request_id: str | None
     fingerprint: str | None = None  # short hash of an unknown credential: distinct, never reversible
+    scope_denied_by: ScopeDenial | None = None  # why scope_allowed is False; None otherwise
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -143,6 +151,7 @@ class Event:
             "key_state": self.key_state.value,
             "scope": self.scope,
             "scope_allowed": self.scope_allowed,
+            "scope_denied_by": self.scope_denied_by,
             "ip_allowed": self.ip_allowed,
             "duration": self.duration,
             "bytes": self.bytes,

@@ -15,7 +15,8 @@ Rules:
 - Versions: < 2.0 -> v1.17.1, 2.0-2.11 -> v2.11.0, 2.12 -> v2.12.0, 3.0-3.2 -> v3.2.1, newer or
   None -> head. v1.17.1 and v2.11.0 use the old scope names (`legacy_scopes_le_v2_11`) and the
   routes removed in v3.0 (`legacy_only_routes`); from 3.0 on ("advanced" auth by default) an API
-  key may only use models:read / models:list routes, whatever its permissions.
+  key may only use models:read / models:list routes, whatever its permissions: a scope outside
+  them is denied by that limit (`denied_by`), not by the key's permissions.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from typing import Any
 from urllib.parse import unquote
 
 import yaml
+
+from xinf_watch.model import ScopeDenial
 
 ROUTES_FILE = Path(__file__).parent / "data" / "routes.yaml"
 
@@ -153,6 +156,13 @@ class ScopeMap:
                 self._expanded.clear()
             self._expanded[permissions] = expanded
         return "admin" in expanded or scope in expanded
+
+    def denied_by(self, scope: str, *, api_key: bool) -> ScopeDenial:
+        """What refuses a scope that `covers` found not allowed: the API-key limit of advanced auth
+        comes first (Xinference checks it instead of the permissions), else the permissions."""
+        if api_key and self.advanced_auth and scope not in API_KEY_SCOPES:
+            return ScopeDenial.API_KEY_LIMIT
+        return ScopeDenial.PERMISSIONS
 
     def _lookup(self, method: str, path: str) -> str:
         for route in self._overrides:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from xinf_watch.model import Event, KeyState, format_ts
+from xinf_watch.model import Event, KeyState, ScopeDenial, format_ts
 
 # group fields that say where requests came from ("from ip ..."); the others say what they were
 _ORIGINS = frozenset({"ip", "key", "owner", "source"})
@@ -50,6 +50,15 @@ def request(event: Event) -> str:
     return f"{text} ({event.reason})" if event.reason else text
 
 
+# what refused a scope, said the way Xinference would
+_SCOPE_DENIALS = {
+    ScopeDenial.PERMISSIONS: "not in its permissions",
+    ScopeDenial.API_KEY_LIMIT: (
+        "API keys may only use models:list/models:read under Xinference's advanced auth"
+    ),
+}
+
+
 def match(event: Event, count: int, since: float) -> str:
     """One matching request; `count` > 1: the cooldown held back others since `since`."""
     notes = []
@@ -63,7 +72,7 @@ def match(event: Event, count: int, since: float) -> str:
     else:
         head = f"{_key(event)} used {origin}"
     if event.scope_allowed is False:
-        head += f" for {event.scope} (not in its permissions)"
+        head += f" for {event.scope} ({_SCOPE_DENIALS[event.scope_denied_by or ScopeDenial.PERMISSIONS]})"
     elif event.scope not in _UNTOLD_SCOPES:
         head += f" for {event.scope}"
     summary = f"{head}: {request(event)}"
