@@ -35,6 +35,8 @@ from paths import FIXTURES
 from prometheus_client.parser import text_string_to_metric_families
 from receivers import HTTPReceiver, free_port
 
+from xinf_watch.alerts import alerts_in
+
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE_LOG = FIXTURES / "nginx" / "access_combined_key.log"
 FIXTURE_KEYS = ROOT / "examples" / "keys.yaml"  # the key metadata of that recording
@@ -272,8 +274,10 @@ def rules_yaml(
     notify: dict[str, list[str]] | None = None,
     rules: Sequence[dict[str, Any]] = (),
     networks: dict[str, list[str]] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> str:
-    """A rules.yaml for one combined_key source (what the fixtures are)."""
+    """A rules.yaml for one combined_key source (what the fixtures are); `extra`: more top-level
+    sections (e.g. `delivery`, `alertmanager`)."""
     config: dict[str, Any] = {
         "sources": [{"name": "gateway", "path": path, "format": "nginx", "log_format": "combined_key",
                      "start_at": start_at}],
@@ -285,6 +289,7 @@ def rules_yaml(
     }  # fmt: skip
     if networks:
         config["networks"] = networks
+    config.update(extra or {})
     return yaml.safe_dump(config, sort_keys=False)
 
 
@@ -294,10 +299,9 @@ def json_url(receiver: HTTPReceiver, path: str = "hook") -> str:
 
 
 def received_alerts(receiver: HTTPReceiver) -> list[dict[str, Any]]:
-    """The alert JSON objects the receiver got: the last line of each apprise JSON message body."""
-    import json
-
-    return [json.loads(r.json()["message"].rsplit("\n", 1)[-1]) for r in list(receiver.requests)]
+    """The alert JSON objects the receiver got, in order: the JSON lines that end each apprise JSON
+    message body (one alert, or a group's)."""
+    return [alert for r in list(receiver.requests) for alert in alerts_in(r.json()["message"])]
 
 
 class Workspace:

@@ -41,6 +41,7 @@ class Request:
     path: str
     headers: dict[str, str]
     body: bytes
+    at: float  # time.monotonic() when it arrived
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -62,7 +63,7 @@ class HTTPReceiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                receiver.requests.append(Request(self.path, dict(self.headers), body))
+                receiver.requests.append(Request(self.path, dict(self.headers), body, time.monotonic()))
                 self.send_response(receiver.status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -115,13 +116,15 @@ class SMTPReceiver:
 
 
 class Alertmanager:
-    """A real Alertmanager on free loopback ports, routing everything to a receiver that does nothing."""
+    """A real Alertmanager on free loopback ports, routing everything to a receiver that does nothing;
+    `resolve_timeout` (e.g. "3s"): how long it keeps an alert posted without endsAt (default 5m)."""
 
-    def __init__(self, binary: str, workdir: Path) -> None:
+    def __init__(self, binary: str, workdir: Path, resolve_timeout: str | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = workdir / "alertmanager.yml"
-        config.write_text('route: {receiver: "null"}\nreceivers: [{name: "null"}]\n')
+        settings = f"global: {{resolve_timeout: {resolve_timeout}}}\n" if resolve_timeout else ""
+        config.write_text(settings + 'route: {receiver: "null"}\nreceivers: [{name: "null"}]\n')
         (workdir / "data").mkdir()
         self._log = (workdir / "alertmanager.log").open("wb")
         self._proc = subprocess.Popen(

@@ -25,13 +25,16 @@ from xinf_watch.alerts import (
     AppriseTarget,
     Deliverer,
     DeliveryError,
+    Refresher,
     Target,
     alertmanager_alert,
+    alerts_in,
     build_targets,
+    group_text,
     notification_text,
     targets_for,
 )
-from xinf_watch.model import Alert, AlertStatus, Severity
+from xinf_watch.model import Alert, AlertStatus, Severity, format_ts
 from xinf_watch.state import Outbox, StateStore
 
 
@@ -81,7 +84,7 @@ def test_notification_text_reads_well_and_carries_the_json() -> None:
 
 def test_apprise_json_reaches_the_http_receiver(http: HTTPReceiver) -> None:
     alert = make_alert().to_json()
-    AppriseTarget("ops", [f"json://{http.url}/hook"]).send(alert)
+    AppriseTarget("ops", [f"json://{http.url}/hook"]).send([alert])
     (request,) = http.requests
     assert request.path == "/hook"
     payload = request.json()
@@ -97,14 +100,14 @@ def test_dead_endpoint_fails_loudly_without_secrets(
     http.stop()
     target = AppriseTarget("ops", [f"json://hookuser:s3cr3t-token@{http.url}/hook?token=s3cr3t-token"])
     with pytest.raises(DeliveryError) as err:
-        target.send(make_alert().to_json())
+        target.send([make_alert().to_json()])
     assert "notify group 'ops'" in str(err.value) and "s3cr3t" not in str(err.value)
     assert capfd.readouterr() == ("", "")  # apprise's own logging stays off our stderr
 
     http.status = 500
     http.start()
     with pytest.raises(DeliveryError, match="500"):
-        target.send(make_alert().to_json())
+        target.send([make_alert().to_json()])
 
 
 def test_invalid_entry_is_a_problem_not_a_crash(http: HTTPReceiver) -> None:
@@ -113,7 +116,7 @@ def test_invalid_entry_is_a_problem_not_a_crash(http: HTTPReceiver) -> None:
         "ops[1] (/nonexistent/apprise.yml): no such file (expected an apprise URL or config file)",
         "ops[3] (bogus://): Unparseable URL <url>"]  # fmt: skip
     with pytest.raises(DeliveryError, match="ops\\[1\\]"):
-        target.send(make_alert().to_json())
+        target.send([make_alert().to_json()])
     assert len(http.requests) == 1  # the valid URL still got it
 
 
@@ -123,10 +126,10 @@ def test_partial_failure_retries_only_the_failed_url(http: HTTPReceiver) -> None
     target = AppriseTarget("ops", [f"json://{http.url}/a", f"json://{other.url}/b"])
     alert = make_alert().to_json()
     with pytest.raises(DeliveryError, match="ops\\[2\\]"):
-        target.send(alert)
+        target.send([alert])
     other.start()
     try:
-        target.send(alert)
+        target.send([alert])
         assert [r.path for r in http.requests] == ["/a"] and [r.path for r in other.requests] == ["/b"]
     finally:
         other.stop()
@@ -135,7 +138,7 @@ def test_partial_failure_retries_only_the_failed_url(http: HTTPReceiver) -> None
 def test_apprise_config_file(http: HTTPReceiver, tmp_path: Path) -> None:
     config = tmp_path / "apprise.yml"
     config.write_text(f"urls:\n  - json://{http.url}/from-yaml\n")
-    AppriseTarget("ops", [str(config)]).send(make_alert().to_json())
+    AppriseTarget("ops", [str(config)]).send([make_alert().to_json()])
     assert [r.path for r in http.requests] == ["/from-yaml"]
 
 
@@ -149,8 +152,8 @@ def test_mailto_reaches_the_smtp_server(form: str) -> None:
         url = form.format(port=smtp.port)
         alert = make_alert(status=AlertStatus.RESOLVED).to_json()
         target = AppriseTarget("mail", [url])
-        target.send(alert)
-        target.send(make_alert(2).to_json())  # a second send right away: the throttle is off
+        target.send([alert])
+        target.send([make_alert(2).to_json()])  # a second send right away: the throttle is off
         wait_until(lambda: len(smtp.messages) == 2, what="two emails")
         msg = smtp.messages[0]
         assert msg["Subject"] == notification_text(alert)[0]
@@ -222,9 +225,9 @@ def test_run_loop_delivers_on_wake_and_does_not_spin(http: HTTPReceiver, tmp_pat
     class CountingOutbox(Outbox):
         passes = 0
 
-        def due(self, now: float, limit: int = 100) -> Any:
+        def due(self, now: float, limit: int = 100, **lane: Any) -> Any:
             CountingOutbox.passes += 1
-            return super().due(now, limit)
+            return super().due(now, limit, **lane)
 
     results: list[tuple[str, bool]] = []
     deliverer = Deliverer(CountingOutbox(tmp_path), {"ops": AppriseTarget("ops", [f"json://{http.url}/h"])},
@@ -262,7 +265,7 @@ def test_targets_for_and_build_targets() -> None:
 def test_alertmanager_labels_are_sanitized_strings() -> None:
     alert = make_alert().to_json() | {"group": {"ip/24": "203.0.113.0/24", "9x": "1", "key": "bob"},
                                       "source": None}  # fmt: skip
-    out = alertmanager_alert(alert)
+    out = alertmanager_alert(alert, now=1_795_000_100.0)
     assert out["labels"] == {
         "alertname": "denied-burst",
         "rule": "denied-burst",
@@ -273,18 +276,39 @@ def test_alertmanager_labels_are_sanitized_strings() -> None:
         "group_key": "bob",
     }
     assert json.loads(out["annotations"]["alert"]) == alert
-    assert out["startsAt"] == alert["first_ts"] and "endsAt" not in out
+    assert out["startsAt"] == alert["first_ts"]
+
+
+def test_alertmanager_ends_at_follows_the_alert_lifecycle() -> None:
+    """Firing: endsAt 4 resend intervals after the post (Prometheus' rule), so Alertmanager keeps it
+    exactly while re-sends come; resolved: when it ended (never after the post); one-off: a fixed
+    time after its last hit, the same on every post."""
+    now = 1_795_000_100.0
+    firing = make_alert().to_json()  # first 1_795_000_000, last 1_795_000_030
+    assert alertmanager_alert(firing, now, hold=240.0)["endsAt"] == format_ts(now + 240)
+    assert alertmanager_alert(firing, now + 60, hold=240.0)["endsAt"] == format_ts(now + 300)
+    resolved = make_alert(status=AlertStatus.RESOLVED).to_json()
+    assert alertmanager_alert(resolved, now)["endsAt"] == resolved["last_ts"]
+    ahead = make_alert(status=AlertStatus.RESOLVED, last=now + 500).to_json()  # a log ahead of the clock
+    assert alertmanager_alert(ahead, now)["endsAt"] == format_ts(now)
+    one_off = make_alert().to_json() | {"kind": "match"}
+    for at in (now, now + 600):
+        assert alertmanager_alert(one_off, at, event_ttl=900.0)["endsAt"] == format_ts(1_795_000_030 + 900)
+    future = make_alert(first=now + 1000, last=now + 1000).to_json()  # never endsAt before startsAt
+    assert alertmanager_alert(future, now, hold=240.0)["endsAt"] == future["first_ts"]
 
 
 def test_alertmanager_target_posts_one_alert_with_basic_auth(http: HTTPReceiver) -> None:
-    AlertmanagerTarget(f"http://am%40ops:p%3Ass@{http.url}/prefix/").send(make_alert().to_json())
+    AlertmanagerTarget(f"http://am%40ops:p%3Ass@{http.url}/prefix/").send([make_alert().to_json()])
     (request,) = http.requests
     assert request.path == "/prefix/api/v2/alerts"
     assert request.headers["Authorization"] == "Basic " + base64.b64encode(b"am@ops:p:ss").decode()
-    assert request.json() == [alertmanager_alert(make_alert().to_json())]
+    (posted,) = request.json()
+    assert posted["labels"]["alertname"] == "denied-burst"
+    assert posted["startsAt"] == make_alert().to_json()["first_ts"]
     http.status = 400
     with pytest.raises(DeliveryError, match=f"alertmanager at {http.url}: HTTP 400") as err:
-        AlertmanagerTarget(f"http://am:s3cr3t@{http.url}").send(make_alert().to_json())
+        AlertmanagerTarget(f"http://am:s3cr3t@{http.url}").send([make_alert().to_json()])
     assert "s3cr3t" not in str(err.value)
 
 
@@ -294,19 +318,19 @@ def test_real_alertmanager_fires_then_resolves(tmp_path: Path) -> None:
     try:
         now = time.time()
         target = AlertmanagerTarget(am.url + "/")
-        target.send(make_alert(7, first=now - 60, last=now - 30).to_json())
+        target.send([make_alert(7, first=now - 60, last=now - 30).to_json()])
         (got,) = am.alerts()
         assert got["labels"] == {"alertname": "denied-burst", "rule": "denied-burst", "severity": "critical",
                                  "key": "unknown", "source": "gateway", "ip": "203.0.113.7"}  # fmt: skip
         assert got["status"]["state"] == "active"
         assert json.loads(got["annotations"]["alert"])["id"] == "a0007"
 
-        target.send(make_alert(7, AlertStatus.RESOLVED, first=now - 60, last=now - 1).to_json())
+        target.send([make_alert(7, AlertStatus.RESOLVED, first=now - 60, last=now - 1).to_json()])
         assert am.alerts(active="true") == []
     finally:
         am.stop()
     with pytest.raises(DeliveryError, match="alertmanager at 127.0.0.1"):
-        AlertmanagerTarget(f"http://127.0.0.1:{free_port()}", timeout=2).send(make_alert().to_json())
+        AlertmanagerTarget(f"http://127.0.0.1:{free_port()}", timeout=2).send([make_alert().to_json()])
 
 
 def test_journal_appends_one_line_per_alert(tmp_path: Path) -> None:
@@ -336,3 +360,132 @@ def test_journal_writes_each_transition_once_across_reopen(tmp_path: Path) -> No
     again.append([second])
     ids = [orjson.loads(line)["id"] for line in path.read_bytes().splitlines()]
     assert ids == [first.id, second.id]
+
+
+# -- grouping and re-sending ----------------------------------------------------------------------
+
+
+def flood_alert(n: int, rule: str = "webui-external", severity: Severity = Severity.WARNING,
+                status: AlertStatus = AlertStatus.FIRING) -> Alert:  # fmt: skip
+    ip = f"198.51.{n // 250}.{n % 250 + 1}"
+    return Alert(
+        rule=rule, kind="match", severity=severity, status=status, group={"ip": ip}, key="none", count=1,
+        first_ts=1_795_000_000.0 + n, last_ts=1_795_000_000.0 + n, summary=f"GET /ui from {ip}",
+        source="gateway", id=f"{rule}-{n:04d}",
+    )  # fmt: skip
+
+
+def messages(receiver: HTTPReceiver) -> list[tuple[str, list[dict[str, Any]]]]:
+    return [(r.json()["title"], alerts_in(r.json()["message"])) for r in receiver.requests]
+
+
+def test_group_text_lists_each_alert_then_each_json_line() -> None:
+    resolved = flood_alert(1, status=AlertStatus.RESOLVED).to_json() | {"summary": "gone\nfor now"}
+    alerts = [flood_alert(1).to_json(), flood_alert(2).to_json(), resolved]
+    title, body = group_text(alerts)
+    assert title == "[FIRING] webui-external (warning): 3 alerts (2 firing, 1 resolved)"
+    lines = body.splitlines()
+    assert lines[0] == "webui-external: 3 alerts, 2 firing, 1 resolved (warning, match rule)"
+    assert lines[2] == f"{alerts[0]['last_ts']} FIRING: GET /ui from 198.51.0.2"
+    assert lines[4] == f"{alerts[2]['last_ts']} RESOLVED: gone for now"
+    assert alerts_in(body) == alerts
+    one = [make_alert().to_json()]
+    assert group_text(one) == notification_text(one[0]) and alerts_in(group_text(one)[1]) == one
+
+
+def test_flood_of_one_rule_is_two_messages_and_a_critical_rule_is_not_held(
+    http: HTTPReceiver, tmp_path: Path
+) -> None:
+    """200 firings of one rule in 20 s, a delivery pass after each commit (as the daemon does): the
+    first goes out at once, the other 199 in one message when the group interval ends. A critical
+    alert of another rule in the middle of the flood goes out in the pass after its commit."""
+    store, clock = StateStore(tmp_path), FakeClock()
+    ops = AppriseTarget("ops", [f"json://{http.url}/hook"], group_interval=30.0)
+    deliverer = Deliverer(Outbox(tmp_path), {"ops": ops}, lambda t, ok: None, clock)
+    started = clock.t
+    critical = flood_alert(9000, rule="admin-route-external", severity=Severity.CRITICAL)
+    for n in range(200):
+        batch = [(flood_alert(n), ["ops"])]
+        if n == 50:
+            batch.append((flood_alert(7, status=AlertStatus.RESOLVED), ["ops"]))
+        store.commit({}, {}, batch)
+        if n == 100:
+            store.commit({}, {}, [(critical, ["ops"])])
+        deliverer.deliver_due()
+        if n == 100:  # sent in this very pass, while 99 warnings wait
+            assert messages(http)[-1] == (notification_text(critical.to_json())[0], [critical.to_json()])
+        clock.t += 0.1
+    assert len(http.requests) == 2
+    assert deliverer.next_wake(clock.t) == started + 30.0  # the sender sleeps until the interval ends
+    clock.t = started + 30.0
+    assert deliverer.deliver_due() == 200
+    (t1, first), (_, crit), (t3, rest) = messages(http)
+    assert [a["id"] for a in first] == ["webui-external-0000"] and crit == [critical.to_json()]
+    assert t3 == "[FIRING] webui-external (warning): 200 alerts (199 firing, 1 resolved)"
+    assert [a["id"] for a in rest if a["status"] == "firing"] == [
+        f"webui-external-{n:04d}" for n in range(1, 200)
+    ]
+    resolved = [i for i, a in enumerate(rest) if a["status"] == "resolved"]
+    assert [rest[i]["id"] for i in resolved] == ["webui-external-0007"] and resolved[
+        0
+    ] > 6  # after its firing
+    assert deliverer.deliver_due() == 0 and Outbox(tmp_path).pending() == 0
+    # quiet again once an interval has passed without a message: the next one goes out at once
+    clock.t += 31
+    store.commit({}, {}, [(flood_alert(500), ["ops"])])
+    assert deliverer.deliver_due() == 1 and len(messages(http)[-1][1]) == 1
+
+
+def test_grouped_retry_sends_each_url_only_what_it_lacks(http: HTTPReceiver, tmp_path: Path) -> None:
+    other = HTTPReceiver().start()
+    other.stop()
+    store, clock = StateStore(tmp_path), FakeClock()
+    ops = AppriseTarget("ops", [f"json://{http.url}/a", f"json://{other.url}/b"], group_interval=10.0)
+    deliverer = Deliverer(Outbox(tmp_path), {"ops": ops}, lambda t, ok: None, clock, log=lambda m: None)
+    try:
+        store.commit({}, {}, [(flood_alert(1), ["ops"]), (flood_alert(2), ["ops"])])
+        assert deliverer.deliver_due() == 0  # /b is down: both rows wait for their retry
+        store.commit({}, {}, [(flood_alert(3), ["ops"])])
+        other.start()
+        clock.t += 1
+        assert deliverer.deliver_due() == 3
+        ids = [[a["id"][-1] for a in alerts] for _, alerts in messages(http)]
+        assert ids == [["1", "2"], ["3"]]
+        assert [[a["id"][-1] for a in alerts_in(r.json()["message"])] for r in other.requests] == [
+            ["1", "2", "3"]
+        ]
+    finally:
+        other.stop()
+
+
+def test_refresher_posts_the_firing_set_and_forgets_ended_one_offs(
+    http: HTTPReceiver, tmp_path: Path
+) -> None:
+    store, clock = StateStore(tmp_path), FakeClock()
+    clock.t = 1_795_000_100.0
+    am = AlertmanagerTarget(f"http://{http.url}", resend_interval=5.0, event_ttl=60.0, now=clock)
+    outbox = Outbox(tmp_path)
+    refresher = Refresher(outbox, clock)
+    stateful, one_off = make_alert(1), flood_alert(50)  # one-off: last hit at 1_795_000_050
+    store.commit({}, {}, [(stateful, []), (one_off, []), (make_alert(2), [])])
+    store.commit({}, {}, [(make_alert(2, AlertStatus.RESOLVED), [])])
+    refresher.run_due(am)
+    (posted,) = [r.json() for r in http.requests]
+    assert [json.loads(a["annotations"]["alert"])["id"] for a in posted] == ["a0001", one_off.id]
+    assert [a["endsAt"] for a in posted] == [format_ts(clock.t + 20), format_ts(1_795_000_110)]
+    refresher.run_due(am)
+    assert len(http.requests) == 1  # not before resend_interval
+    clock.t += 20  # the one-off's endsAt has passed: it leaves the firing set
+    refresher.run_due(am)
+    assert [json.loads(a["annotations"]["alert"])["id"] for a in http.requests[-1].json()] == ["a0001"]
+    assert [a["id"] for a in outbox.firing()] == ["a0001"]
+    assert store.keep_firing(lambda a: a["rule"] != "denied-burst") == 1  # its rule was removed
+    assert outbox.firing() == []
+    store.commit({}, {}, [(stateful, [])])
+    http.stop()
+    log: list[str] = []
+    refresher = Refresher(outbox, clock, log.append)
+    for _ in range(3):  # Alertmanager down: said once, retried every interval
+        refresher.run_due(am)
+        clock.t += 5
+    assert len(log) == 1 and "re-sending 1 firing alerts failed" in log[0]

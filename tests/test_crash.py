@@ -69,7 +69,9 @@ def test_kill_9_twenty_times_nothing_lost_nothing_twice(ws: Workspace) -> None:
     receiver = HTTPReceiver().start()
     try:
         ws.log.touch()
-        ws.write_rules(rules=[DENIED_BURST], notify={"ops": [json_url(receiver)]})
+        # grouped (the alerts are all of one rule), with an interval short enough for the waits below
+        ws.write_rules(rules=[DENIED_BURST], notify={"ops": [json_url(receiver)]},
+                       extra={"delivery": {"group_interval": "1s"}})  # fmt: skip
         d = ws.daemon().start()
         writer = LogWriter(FileSink(ws.log), total=LINES, rate=LINES / KILL_PHASE, extra=incidents).start()
         began = time.monotonic()

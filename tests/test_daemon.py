@@ -290,7 +290,7 @@ def test_receiver_down_then_up_every_alert_arrives_once(ws: Workspace) -> None:
         d.start()
         assert total(d.metrics(), "xinf_watch_outbox_pending") == 4
         receiver.start()  # same port
-        wait_until(lambda: len(receiver.requests) >= 4, timeout=20, what="the 4 alerts after the outage")
+        wait_until(lambda: len(received_alerts(receiver)) >= 4, timeout=20, what="4 alerts after the outage")
         d.wait_until(lambda m: total(m, "xinf_watch_outbox_pending") == 0, what="an empty outbox")
         time.sleep(0.5)  # room for a duplicate to show up
         alerts = received_alerts(receiver)
@@ -428,7 +428,9 @@ def test_a_line_that_fails_to_process_is_counted_and_skipped(
     finally:
         daemon.stop.set()
         daemon.sender_wake.set()
-        daemon.sender.join(timeout=5)
+        daemon.alertmanager_wake.set()
+        for sender in daemon.senders:
+            sender.join(timeout=5)
         daemon.tailers["gw"].close()
         daemon.outbox.close()
         daemon.state.close()

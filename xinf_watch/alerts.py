@@ -2,12 +2,21 @@
 and the alert journal. The only module that imports apprise.
 
 Rules:
-- Every alert reaches people as a readable title and body that end with the alert JSON on its own
-  line (docs/DESIGN.md section 7); Alertmanager gets it as labels and annotations.
-- Delivery is at least once, in order per target: the `Deliverer` takes due rows from the durable
-  outbox (`state.Outbox`), sends, and marks each delivered or failed (exponential backoff). A failed
-  row holds back the later rows of its own target, never another target. Only a crash between a send
-  and its `delivered` mark can repeat a notification; receivers de-duplicate by (id, status).
+- Every alert reaches people as a readable title and body whose last paragraph holds the alert
+  JSON, one alert per line (docs/DESIGN.md section 7); Alertmanager gets it as labels and annotations.
+- Grouping (apprise targets with a `group_interval`): the alerts of one rule and severity
+  (`state.notification_group`) are told together. The first one of a quiet group goes out at
+  once; what follows within the group interval after a message waits for the interval's end and
+  goes out as one message listing them all (at most `MAX_GROUP` alerts a message). A held group
+  never holds back another group: a critical rule is not delayed by a flood of warnings. Which
+  groups are held is the sender's memory only: after a restart the pending rows of a group go out
+  together at once.
+- Delivery is at least once, in order per group (so a resolution never overtakes its firing): a
+  `Deliverer` takes due rows from the durable outbox (`state.Outbox`), sends, and marks each
+  delivered or failed (exponential backoff). A failed row holds back the later rows of its own
+  target, never another target. Only a crash between a send and its `delivered` mark can repeat a
+  notification; receivers de-duplicate by (id, status). The daemon runs two: one for the notify
+  groups, one for Alertmanager, so neither waits for the other's timeouts.
 - A row whose target is not in the current config (the group was removed by a reload) is kept and
   retried with backoff, with one loud message per target name: a reload that brings the group back
   delivers the backlog, and nothing is ever dropped silently.
@@ -15,8 +24,14 @@ Rules:
   partial failure goes only to the URLs that failed.
 - apprise's logger is silenced (it may name URLs, and URLs carry tokens): its warnings are kept per
   send, with anything URL-shaped blanked, and become the text of the `DeliveryError`.
-- Alertmanager: a firing alert is posted without `endsAt`, a resolved one with `endsAt = last_ts`.
-  Alertmanager ends a firing alert by itself after its `resolve_timeout` unless it is posted again.
+- Alertmanager (as Prometheus does it): every post of a firing alert carries `endsAt = now +
+  RESEND_FACTOR x resend_interval`, and the `Refresher` posts the firing set (state.py) again every
+  `resend_interval`, so Alertmanager keeps an alert active exactly as long as xinf-watch does; a
+  resolution carries `endsAt` = the time it ended. Alerts that no resolution ends (`ONE_OFF_KINDS`:
+  one event each) get `endsAt = last_ts + event_ttl` on every post, and leave the firing set once
+  that has passed. Re-sends are idempotent refreshes, not outbox rows: one that fails is logged
+  and made again at the next interval. They run on the thread that delivers Alertmanager's outbox
+  rows, so a re-send can never land after the resolution of the alert it carries.
 """
 
 from __future__ import annotations
@@ -28,11 +43,13 @@ import os
 import re
 import sys
 import threading
+import time
 import urllib.request
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.error import HTTPError, URLError
@@ -42,11 +59,16 @@ import apprise
 import orjson
 from apprise.manager_plugins import NotificationManager
 
-from xinf_watch.model import Alert
-from xinf_watch.state import Outbox
+from xinf_watch.model import Alert, format_ts
+from xinf_watch.state import Outbox, OutboxItem
 
 ALERTMANAGER = "alertmanager"  # the target name of the Alertmanager, beside the notify group names
 IDLE_WAIT = 60.0  # seconds the sender sleeps when nothing is pending (a commit wakes it sooner)
+PASS_LIMIT = 1000  # outbox rows one delivery pass takes
+MAX_GROUP = 200  # alerts in one grouped message, at most
+AM_BATCH = 500  # alerts in one Alertmanager POST, at most
+RESEND_FACTOR = 4  # a firing alert's endsAt is this many resend intervals ahead (Prometheus: 4)
+ONE_OFF_KINDS = frozenset({"match", "new_value"})  # rule kinds whose alerts never resolve: one event each
 KEEP_DELIVERED = 7 * 86400.0  # delivered outbox rows are kept this long for de-duplication
 _LABEL_BAD = re.compile(r"[^a-zA-Z0-9_]")
 _URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://\S*")
@@ -66,7 +88,10 @@ class DeliveryError(Exception):
 
 
 class Target(Protocol):
-    def send(self, alert: dict[str, Any]) -> None: ...
+    group_interval: float  # > 0: group the alerts of a rule (see the module docstring)
+    max_batch: int  # alerts one `send` takes, at most
+
+    def send(self, alerts: Sequence[dict[str, Any]]) -> None: ...
 
 
 def _stderr(message: str) -> None:
@@ -92,6 +117,31 @@ def notification_text(alert: dict[str, Any]) -> tuple[str, str]:
     lines += [f"{k + ':':<{width}} {v}" for k, v in details if v is not None]
     lines += [f"{'id:':<{width}} {alert.get('id')}", "", orjson.dumps(alert).decode()]
     return title, "\n".join(lines)
+
+
+def group_text(alerts: Sequence[dict[str, Any]]) -> tuple[str, str]:
+    """A title and body for the alerts of one group (one rule and severity): a line for each, then,
+    after an empty line, each alert's JSON on its own line. One alert reads as `notification_text`."""
+    if len(alerts) == 1:
+        return notification_text(alerts[0])
+    first = alerts[0]
+    rule, severity = str(first.get("rule", "?")), str(first.get("severity", ""))
+    resolved = sum(a.get("status") == "resolved" for a in alerts)
+    firing = len(alerts) - resolved
+    counts = ", ".join(f"{n} {what}" for n, what in ((firing, "firing"), (resolved, "resolved")) if n)
+    title = f"[{'FIRING' if firing else 'RESOLVED'}] {rule} ({severity}): {len(alerts)} alerts ({counts})"
+    lines = [f"{rule}: {len(alerts)} alerts, {counts} ({severity}, {first.get('kind', '?')} rule)", ""]
+    for a in alerts:
+        summary = " ".join(str(a.get("summary", "")).split())  # one line each, whatever the summary holds
+        lines.append(f"{a.get('last_ts')} {str(a.get('status', 'firing')).upper()}: {summary}")
+    lines.append("")
+    lines += [orjson.dumps(a).decode() for a in alerts]
+    return title, "\n".join(lines)
+
+
+def alerts_in(body: str) -> list[dict[str, Any]]:
+    """The alerts a notification body carries: the JSON lines of its last paragraph."""
+    return [orjson.loads(line) for line in body.rstrip("\n").rsplit("\n\n", 1)[-1].splitlines()]
 
 
 # -- apprise ------------------------------------------------------------------------------------
@@ -138,19 +188,21 @@ def _apprise_log() -> _AppriseLog:
     return handler
 
 
-def _notify_type(alert: dict[str, Any]) -> apprise.NotifyType:
-    if alert.get("status") == "resolved":
+def _notify_type(alerts: Sequence[dict[str, Any]]) -> apprise.NotifyType:
+    if all(a.get("status") == "resolved" for a in alerts):
         return apprise.NotifyType.SUCCESS
     return {"critical": apprise.NotifyType.FAILURE, "warning": apprise.NotifyType.WARNING}.get(
-        str(alert.get("severity")), apprise.NotifyType.INFO
+        str(alerts[0].get("severity")), apprise.NotifyType.INFO
     )
 
 
 class AppriseTarget:
     """A notify group: apprise URLs and/or apprise config files (YAML or text), each sent on its own."""
 
-    def __init__(self, name: str, entries: Sequence[str]) -> None:
+    def __init__(self, name: str, entries: Sequence[str], group_interval: float = 0.0) -> None:
         self.name = name
+        self.group_interval = group_interval
+        self.max_batch = MAX_GROUP if group_interval > 0 else 1
         self._log = _apprise_log()
         asset = apprise.AppriseAsset(app_id="xinf-watch", app_desc="xinf-watch", storage_mode="memory")
         self._entries: list[tuple[str, apprise.Apprise]] = []
@@ -175,27 +227,31 @@ class AppriseTarget:
                 self.problems.append(f"{label}: {why}")
         self._done: OrderedDict[tuple[str, str], set[int]] = OrderedDict()
 
-    def send(self, alert: dict[str, Any]) -> None:
-        title, body = notification_text(alert)
-        key = (str(alert.get("id")), str(alert.get("status")))
-        done = self._done.pop(key, set())
+    def send(self, alerts: Sequence[dict[str, Any]]) -> None:
+        """One message per URL with the alerts (one group's) that URL has not taken yet."""
+        keys = [(str(a.get("id")), str(a.get("status"))) for a in alerts]
+        done = {key: self._done.pop(key, set()) for key in keys}
         failures = list(self.problems)
         for n, (label, service) in enumerate(self._entries):
-            if n in done:
+            todo = [(key, a) for key, a in zip(keys, alerts, strict=True) if n not in done[key]]
+            if not todo:
                 continue
+            title, body = group_text([a for _, a in todo])
+            kind = _notify_type([a for _, a in todo])
             with self._log.capture() as lines:
                 try:
-                    ok = bool(service.notify(body=body, title=title, notify_type=_notify_type(alert),
+                    ok = bool(service.notify(body=body, title=title, notify_type=kind,
                                              body_format=apprise.NotifyFormat.TEXT))  # fmt: skip
                 except Exception as exc:  # apprise plugins are many; one raising is a failed send
                     ok, lines[:] = False, [type(exc).__name__]
             if ok:
-                done.add(n)
+                for key, _ in todo:
+                    done[key].add(n)
             else:
                 failures.append(f"{label}: {'; '.join(lines) or 'apprise reported failure'}")
         if failures:
-            self._done[key] = done
-            while len(self._done) > 1000:
+            self._done.update(done)
+            while len(self._done) > 5000:
                 self._done.popitem(last=False)
             raise DeliveryError(f"notify group {self.name!r}: " + " | ".join(failures))
 
@@ -208,8 +264,27 @@ def _label_name(name: str) -> str:
     return clean if clean and not clean[0].isdigit() else "_" + clean
 
 
-def alertmanager_alert(alert: dict[str, Any]) -> dict[str, Any]:
-    """The Alertmanager API v2 alert object for one of our alerts."""
+def _epoch(ts: Any) -> float:
+    return datetime.fromisoformat(str(ts).replace("Z", "+00:00")).timestamp()
+
+
+def ends_at(alert: dict[str, Any], now: float, hold: float, event_ttl: float) -> float:
+    """When Alertmanager is to consider `alert` over, as of a post at `now` (never before it began)."""
+    first, last = _epoch(alert.get("first_ts")), _epoch(alert.get("last_ts"))
+    if alert.get("status") == "resolved":
+        end = min(last, now)  # a log written ahead of the clock must not keep it active
+    elif alert.get("kind") in ONE_OFF_KINDS:
+        end = last + event_ttl
+    else:
+        end = now + hold
+    return max(end, first)
+
+
+def alertmanager_alert(
+    alert: dict[str, Any], now: float, *, hold: float = RESEND_FACTOR * 60.0, event_ttl: float = 3600.0
+) -> dict[str, Any]:
+    """The Alertmanager API v2 alert object for one of our alerts, posted at `now`; `hold` is how long a
+    firing alert stays active without being posted again."""
     labels = {"alertname": alert.get("rule"), "rule": alert.get("rule"), "severity": alert.get("severity"),
               "key": alert.get("key"), "source": alert.get("source")}  # fmt: skip
     for field, value in (alert.get("group") or {}).items():
@@ -222,16 +297,30 @@ def alertmanager_alert(alert: dict[str, Any]) -> dict[str, Any]:
         "labels": {k: str(v) for k, v in labels.items() if v is not None and str(v) != ""},
         "annotations": {"summary": str(alert.get("summary", "")), "alert": orjson.dumps(alert).decode()},
         "startsAt": alert.get("first_ts"),
+        "endsAt": format_ts(ends_at(alert, now, hold, event_ttl)),
     }
-    if alert.get("status") == "resolved":
-        out["endsAt"] = alert.get("last_ts")
     return out
 
 
 class AlertmanagerTarget:
-    """POSTs each alert to `<url>/api/v2/alerts`. Credentials in the URL become Basic auth."""
+    """POSTs alerts to `<url>/api/v2/alerts`, up to `AM_BATCH` a request. Credentials in the URL become
+    Basic auth. `resend_interval` is how often the firing set is posted again (`Refresher`)."""
 
-    def __init__(self, url: str, timeout: float = 10.0) -> None:
+    group_interval = 0.0  # Alertmanager groups by itself
+    max_batch = AM_BATCH
+
+    def __init__(
+        self,
+        url: str,
+        timeout: float = 10.0,
+        *,
+        resend_interval: float = 60.0,
+        event_ttl: float = 3600.0,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        self.resend_interval = resend_interval
+        self.event_ttl = event_ttl
+        self._now = now
         parts = urlsplit(url)
         host = parts.hostname or ""
         self._where = f"{'[' + host + ']' if ':' in host else host}{f':{parts.port}' if parts.port else ''}"
@@ -244,8 +333,20 @@ class AlertmanagerTarget:
             self._headers["Authorization"] = "Basic " + base64.b64encode(token).decode()
         self._timeout = timeout
 
-    def send(self, alert: dict[str, Any]) -> None:
-        data = orjson.dumps([alertmanager_alert(alert)])
+    def over(self, alert: dict[str, Any], now: float) -> bool:
+        """A one-off alert whose endsAt has passed: nothing will post it again."""
+        return alert.get("kind") in ONE_OFF_KINDS and ends_at(alert, now, 0.0, self.event_ttl) <= now
+
+    def send(self, alerts: Sequence[dict[str, Any]]) -> None:
+        now, hold = self._now(), RESEND_FACTOR * self.resend_interval
+        # the latest transition of each alert: a firing and its resolution in one post end resolved
+        latest = {str(a.get("id")): a for a in alerts}
+        body = [alertmanager_alert(a, now, hold=hold, event_ttl=self.event_ttl) for a in latest.values()]
+        for start in range(0, len(body), AM_BATCH):
+            self._post(body[start : start + AM_BATCH])
+
+    def _post(self, body: list[dict[str, Any]]) -> None:
+        data = orjson.dumps(body)
         request = urllib.request.Request(self._endpoint, data=data, headers=self._headers, method="POST")
         try:
             with urllib.request.urlopen(request, timeout=self._timeout) as response:
@@ -273,18 +374,82 @@ def targets_for(
 
 
 def build_targets(
-    notify_groups: Mapping[str, Sequence[str]], alertmanager_url: str | None
+    notify_groups: Mapping[str, Sequence[str]],
+    alertmanager_url: str | None,
+    *,
+    group_interval: float = 0.0,
+    resend_interval: float = 60.0,
+    event_ttl: float = 3600.0,
 ) -> dict[str, Target]:
     if alertmanager_url and ALERTMANAGER in notify_groups:
         raise ValueError(f"a notify group may not be called {ALERTMANAGER!r} when alertmanager is configured")
-    targets: dict[str, Target] = {name: AppriseTarget(name, urls) for name, urls in notify_groups.items()}
+    targets: dict[str, Target] = {
+        name: AppriseTarget(name, urls, group_interval) for name, urls in notify_groups.items()
+    }
     if alertmanager_url:
-        targets[ALERTMANAGER] = AlertmanagerTarget(alertmanager_url)
+        targets[ALERTMANAGER] = AlertmanagerTarget(
+            alertmanager_url, resend_interval=resend_interval, event_ttl=event_ttl
+        )
     return targets
 
 
+class Refresher:
+    """Posts the firing set to Alertmanager again every `resend_interval` (the first time at once).
+
+    A failed re-send is logged once until one succeeds again, and retried at the next interval:
+    the next post makes it whole, as the endsAt of the last good one leaves RESEND_FACTOR intervals.
+    """
+
+    def __init__(
+        self, outbox: Outbox, now: Callable[[], float], log: Callable[[str], None] = _stderr
+    ) -> None:
+        self._outbox = outbox
+        self._now = now
+        self._log = log
+        self.next_at = float("-inf")
+        self._failing = False
+        self.sent = 0  # re-sends that reached Alertmanager (for tests and the log)
+
+    def run_due(self, target: Target | None) -> None:
+        now = self._now()
+        if not isinstance(target, AlertmanagerTarget):
+            self.next_at = float("inf")  # no Alertmanager: nothing to refresh until a reload adds one
+            return
+        if now < self.next_at:
+            return
+        self.next_at = now + target.resend_interval
+        alerts = self._outbox.firing()
+        over = [str(a.get("id")) for a in alerts if target.over(a, now)]
+        if over:
+            self._outbox.forget_firing(over)
+            alerts = [a for a in alerts if str(a.get("id")) not in set(over)]
+        if not alerts:
+            return
+        try:
+            target.send(alerts)
+        except Exception as exc:
+            if not self._failing:
+                error = str(exc) if isinstance(exc, DeliveryError) else f"{type(exc).__name__}: {exc}"
+                self._log(f"xinf-watch: re-sending {len(alerts)} firing alerts failed (retried every"
+                          f" {target.resend_interval:g}s): {error}")  # fmt: skip
+            self._failing = True
+        else:
+            if self._failing:
+                self._log(f"xinf-watch: re-sending firing alerts to {ALERTMANAGER} works again")
+            self._failing = False
+            self.sent += 1
+
+    def reset(self) -> None:
+        """Re-send at the next pass (a reload may have brought a new Alertmanager)."""
+        self.next_at = float("-inf")
+
+
 class Deliverer:
-    """Sends due outbox rows to their targets; `run` is the sender thread's loop."""
+    """Sends due outbox rows to their targets; `run` is a sender thread's loop.
+
+    `only` / `besides` choose the rows of one target / all but one (the daemon's two senders);
+    `refresher` re-sends the firing set to the Alertmanager target after each pass.
+    """
 
     def __init__(
         self,
@@ -294,68 +459,128 @@ class Deliverer:
         now: Callable[[], float],
         *,
         log: Callable[[str], None] = _stderr,
+        only: str | None = None,
+        besides: str | None = None,
+        refresher: Refresher | None = None,
     ) -> None:
         self._outbox = outbox
         self._targets = dict(targets)
         self._on_result = on_result
         self._now = now
         self._log = log
+        self._only, self._besides = only, besides
+        self._refresher = refresher
         self._missing_reported: set[str] = set()
         self._attempted = 0
+        self._told_at: dict[tuple[str, str], float] = {}  # (target, group) -> its last message
 
     def set_targets(self, targets: Mapping[str, Target]) -> None:
         """Swap in the targets of a reloaded config (one reference swap)."""
         self._targets = dict(targets)
         self._missing_reported.clear()
+        if self._refresher is not None:
+            self._refresher.reset()
+
+    def holding(self, now: float) -> dict[tuple[str, str], float]:
+        """The groups inside their group interval: (target, group) -> when they may speak again."""
+        out: dict[tuple[str, str], float] = {}
+        for (name, group), told in list(self._told_at.items()):
+            target = self._targets.get(name)
+            release = told + (target.group_interval if target is not None else 0.0)
+            if release > now:
+                out[(name, group)] = release
+            else:
+                del self._told_at[(name, group)]
+        return out
+
+    def _batches(self, items: Sequence[OutboxItem]) -> list[tuple[str, list[OutboxItem]]]:
+        """The due rows as messages, in the order of their first row: the rows of a group together
+        (grouping targets), all together (Alertmanager), or one each."""
+        batches: list[tuple[str, list[OutboxItem]]] = []
+        open_: dict[tuple[str, str], list[OutboxItem]] = {}
+        for item in items:
+            target = self._targets.get(item.target)
+            if target is None or target.max_batch <= 1:
+                batches.append((item.target, [item]))
+                continue
+            key = (item.target, item.group if target.group_interval > 0 else "")
+            batch = open_.get(key)
+            if batch is None or len(batch) >= target.max_batch:
+                open_[key] = batch = []
+                batches.append((item.target, batch))
+            batch.append(item)
+        return batches
 
     def deliver_due(self, stop: threading.Event | None = None) -> int:
         """One pass over the due rows; returns how many were delivered."""
         targets, sent, held = self._targets, 0, set()
         self._attempted = 0
-        for item in self._outbox.due(self._now()):
+        now = self._now()
+        items = self._outbox.due(now, PASS_LIMIT, only=self._only, besides=self._besides,
+                                 skip=self.holding(now))  # fmt: skip
+        for name, batch in self._batches(items):
             if stop is not None and stop.is_set():
                 break
-            if item.target in held:  # the target just failed: its later rows wait for the retry
+            if name in held:  # the target just failed: its later rows wait for the retry
                 continue
             self._attempted += 1
-            target = targets.get(item.target)
+            target = targets.get(name)
             try:
                 if target is None:
-                    raise DeliveryError(f"no target named {item.target!r} in the current config")
-                target.send(item.alert)
+                    raise DeliveryError(f"no target named {name!r} in the current config")
+                target.send([item.alert for item in batch])
             except Exception as exc:
-                held.add(item.target)
+                held.add(name)
                 error = str(exc) if isinstance(exc, DeliveryError) else f"{type(exc).__name__}: {exc}"
-                self._outbox.failed(item.id, self._now(), error)
-                self._on_result(item.target, False)
-                quiet = target is None and item.target in self._missing_reported
+                self._outbox.failed([item.id for item in batch], self._now(), error)
+                for _ in batch:
+                    self._on_result(name, False)
+                quiet = target is None and name in self._missing_reported
                 if target is None:
-                    self._missing_reported.add(item.target)
+                    self._missing_reported.add(name)
                 if not quiet:
-                    self._log(f"xinf-watch: delivery to {item.target} failed (attempt {item.attempts + 1},"
-                              f" will retry): {error}")  # fmt: skip
+                    what = f"{len(batch)} alerts" if len(batch) > 1 else "an alert"
+                    self._log(f"xinf-watch: delivery of {what} to {name} failed (attempt"
+                              f" {batch[0].attempts + 1}, will retry): {error}")  # fmt: skip
             else:
-                self._outbox.delivered(item.id, self._now())
-                self._on_result(item.target, True)
-                sent += 1
+                done = self._now()
+                for item in batch:
+                    self._outbox.delivered(item.id, done)
+                    self._on_result(name, True)
+                if target.group_interval > 0:
+                    for item in batch:
+                        self._told_at[(name, item.group)] = now
+                sent += len(batch)
         return sent
+
+    def next_wake(self, now: float) -> float:
+        """When a pass may have something to do: a retry, a group's interval ending, a re-send."""
+        holding = self.holding(now)
+        due = self._outbox.next_due(only=self._only, besides=self._besides, skip=holding)
+        times = [now + IDLE_WAIT, *holding.values()]
+        if due is not None:
+            times.append(due)
+        if self._refresher is not None:
+            times.append(self._refresher.next_at)
+        return min(times)
 
     def run(self, stop: threading.Event, wake: threading.Event) -> None:
         """Deliver until `stop` is set. Set `wake` after a commit that enqueued alerts (and after `stop`)."""
         last_prune = float("-inf")
         while not stop.is_set():
-            next_due: float | None = None
+            timeout = IDLE_WAIT
             try:
                 self.deliver_due(stop)
+                if self._refresher is not None and not stop.is_set():
+                    self._refresher.run_due(self._targets.get(ALERTMANAGER))
                 now = self._now()
                 if now - last_prune >= 3600:
                     self._outbox.prune(now - KEEP_DELIVERED)
                     last_prune = now
-                next_due = self._outbox.next_due()
+                timeout = min(max(self.next_wake(now) - now, 0.0), IDLE_WAIT)
             except Exception as exc:  # the sender must outlive a bad pass (e.g. a locked database)
                 self._log(f"xinf-watch: alert delivery pass failed: {type(exc).__name__}: {exc}")
                 self._attempted = 0
-            timeout = IDLE_WAIT if next_due is None else min(max(next_due - self._now(), 0.0), IDLE_WAIT)
             if timeout == 0.0 and self._attempted == 0:
                 timeout = 0.05  # due rows but nothing tried (stopping, or a clock step): never spin
             wake.wait(timeout)

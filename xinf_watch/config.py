@@ -8,7 +8,7 @@ Rules of the schema:
   for YAML anchors); so are values outside closed sets (formats, kinds, severities, filter
   values). A scalar where a list is allowed is a one-item list.
 * Durations are `30s`, `5m`, `1h30m`, `250ms`, `7d`, `2w` or bare seconds, and must be positive
-  (`learn` and `cooldown` may be 0).
+  (`learn`, `cooldown` and `delivery.group_interval` may be 0).
 * Relative paths (sources, keys, state dir, apprise config files) are relative to the rules file.
   Key files are not opened here (`keyfiles.py` does); `key_sites` says where each is named, so
   one that cannot be opened is reported at its line (`rules.yaml:25: keys[1]: ...`).
@@ -97,10 +97,10 @@ from xinf_watch.yamlsource import (
 )
 
 __all__ = [
-    "AbsentRule", "AlertmanagerConfig", "Config", "ConfigError", "DistinctRule", "FilterConfig",
-    "KeyExpiryRule", "MatchRule", "MetricsConfig", "Network", "NewValueRule", "RULE_KINDS", "RuleConfig",
-    "ScopeRouteConfig", "SourceConfig", "SpikeRule", "StateConfig", "StatusSet", "ThresholdRule",
-    "empty_config", "load_config", "parse_duration",
+    "AbsentRule", "AlertmanagerConfig", "Config", "ConfigError", "DeliveryConfig", "DistinctRule",
+    "FilterConfig", "KeyExpiryRule", "MatchRule", "MetricsConfig", "Network", "NewValueRule", "RULE_KINDS",
+    "RuleConfig", "ScopeRouteConfig", "SourceConfig", "SpikeRule", "StateConfig", "StatusSet",
+    "ThresholdRule", "empty_config", "load_config", "parse_duration",
 ]  # fmt: skip
 
 RULE_KINDS = ("match", "threshold", "new_value", "spike", "key_expiry", "absent", "distinct")
@@ -226,6 +226,13 @@ class StateConfig(Frozen):
 
 class AlertmanagerConfig(Frozen):
     url: Annotated[str, PlainValidator(check_url), Expect("an http(s) URL, e.g. http://127.0.0.1:9093")]
+    resend_interval: Duration = 60.0  # firing alerts are posted again this often (endsAt: 4 x ahead)
+    event_ttl: Duration = 3600.0  # match / new_value alerts stay active this long after their last hit
+
+
+class DeliveryConfig(Frozen):
+    # apprise groups: alerts of a rule that follow a message within this wait and go out together
+    group_interval: DurationOrZero = 30.0
 
 
 # -- rules -------------------------------------------------------------------------------------
@@ -436,6 +443,7 @@ class Config(Frozen):
         _mapping_of(each(_notify_target, empty=True), "group names to lists of apprise URLs"),
     ] = Field(default_factory=lambda: MappingProxyType({}))  # a group may be empty: journal and metrics only
     alertmanager: AlertmanagerConfig | None = None
+    delivery: DeliveryConfig = DeliveryConfig()
     rules: Annotated[tuple[RuleConfig, ...], Expect("a list of rules")] = ()
     _key_sites: tuple[str, ...] = PrivateAttr(default=())  # set by load_config
 

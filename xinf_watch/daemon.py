@@ -10,7 +10,9 @@ Around the loop:
 - a metrics HTTP server thread (prometheus-client) serves `/metrics` from the committed and
   in-flight counters, under the same lock the loop holds while it processes a batch; it opens
   after the first turn, so counters never go down across a kill -9;
-- a sender thread delivers the outbox (alerts.Deliverer); the loop only wakes it;
+- two sender threads deliver the outbox (alerts.Deliverer): one to the notify groups, one to
+  Alertmanager, which also re-sends the firing alerts every `resend_interval` (alerts.Refresher);
+  the loop only wakes them;
 - signal handlers only record requests: SIGTERM/SIGINT stop after the current batch, SIGHUP
   reloads. Reload is build-then-swap: a config or key file that fails to load leaves the running
   one in place, says why, and is counted;
@@ -33,7 +35,7 @@ import watchfiles
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from xinf_watch.alerts import AlertJournal, Deliverer, build_targets, targets_for
+from xinf_watch.alerts import ALERTMANAGER, AlertJournal, Deliverer, Refresher, build_targets, targets_for
 from xinf_watch.config import Config, ConfigError, SourceConfig, load_config
 from xinf_watch.keydates import DisabledSince
 from xinf_watch.keyfiles import KeyFileError
@@ -140,7 +142,8 @@ class Daemon:
         self.reload_requested = False
         self.lock = threading.Lock()
         self.stats = LoopStats()
-        self.sender_wake = threading.Event()
+        self.sender_wake = threading.Event()  # the notify groups' sender
+        self.alertmanager_wake = threading.Event()  # Alertmanager's sender
         self._dirty = True  # uncommitted lines since the last commit (first start: commit once)
         self._commit_every = COMMIT_EVERY
         self._last_event_seen = 0.0
@@ -183,12 +186,22 @@ class Daemon:
             s.name: self._tailer(s, checkpoint.positions.get(s.name)) for s in self.config.sources
         }
         self.journal = AlertJournal(self.config.state.dir / "alerts.jsonl")
+        self._forget_firing_of_gone_rules(self.config)
         self.outbox = Outbox(self.config.state.dir)
-        self.deliverer = Deliverer(self.outbox, self._targets(self.config), self._count_notification,
-                                   now=self.clock, log=log.warning)
-        self.sender = threading.Thread(target=self.deliverer.run, args=(self.stop, self.sender_wake),
-                                       name="xinf-watch-sender", daemon=True)
-        self.sender.start()
+        targets = self._targets(self.config)
+        self.deliverer = Deliverer(self.outbox, targets, self._count_notification, now=self.clock,
+                                   log=log.warning, besides=ALERTMANAGER)
+        self.alertmanager_sender = Deliverer(self.outbox, targets, self._count_notification, now=self.clock,
+                                             log=log.warning, only=ALERTMANAGER,
+                                             refresher=Refresher(self.outbox, self.clock, log.warning))
+        self.senders = [
+            threading.Thread(target=deliverer.run, args=(self.stop, wake), name=name, daemon=True)
+            for deliverer, wake, name in ((self.deliverer, self.sender_wake, "xinf-watch-sender"),
+                                          (self.alertmanager_sender, self.alertmanager_wake,
+                                           "xinf-watch-alertmanager"))
+        ]  # fmt: skip
+        for sender in self.senders:
+            sender.start()
         log.info("xinf-watch: %d sources, %d keys, %d rules; state in %s", len(self.config.sources),
                  len(self.registry), len(self.config.rules), self.config.state.dir)
 
@@ -227,8 +240,11 @@ class Daemon:
                             log=log.warning)
 
     def _targets(self, config: Config) -> dict[str, Any]:
-        url = config.alertmanager.url if config.alertmanager else None
-        return build_targets(config.notify, url)
+        am = config.alertmanager
+        if am is None:
+            return build_targets(config.notify, None, group_interval=config.delivery.group_interval)
+        return build_targets(config.notify, am.url, group_interval=config.delivery.group_interval,
+                             resend_interval=am.resend_interval, event_ttl=am.event_ttl)  # fmt: skip
 
     def _count_notification(self, target: str, sent: bool) -> None:
         """The sender's report of one attempt (its thread): counted, committed with the next turn."""
@@ -324,6 +340,7 @@ class Daemon:
             self._commit(alerts)
         if alerts:
             self.sender_wake.set()
+            self.alertmanager_wake.set()
         return True
 
     def _line_failed(self, source: str) -> None:
@@ -406,10 +423,21 @@ class Daemon:
                     tailer.close()
             self.tailers = {s.name: kept.get(s.name) or self._tailer(s, None) for s in config.sources}
             self.deliverer.set_targets(targets)
+            self.alertmanager_sender.set_targets(targets)
+        self._forget_firing_of_gone_rules(config)
         self._count_reload("success")
         log.info("reloaded %s: %d sources, %d keys, %d rules", self.rules_path, len(config.sources),
                  len(registry), len(config.rules))
         self.notifier.ready("reloaded")
+
+    def _forget_firing_of_gone_rules(self, config: Config) -> None:
+        """Firing alerts of a rule removed (or changed kind) since get no resolution: stop re-sending
+        them, so Alertmanager ends them at their last endsAt."""
+        rules = {(r.name, r.kind) for r in config.rules}
+        n = self.state.keep_firing(lambda a: (a.get("rule"), a.get("kind")) in rules)
+        if n:
+            log.warning("%d firing alerts belong to rules no longer configured (or of another kind):"
+                        " no longer re-sent to Alertmanager", n)  # fmt: skip
 
     def _count_reload(self, result: str) -> None:
         with self.lock:
@@ -435,7 +463,9 @@ class Daemon:
         self.notifier.stopping()
         self.stop.set()
         self.sender_wake.set()
-        self.sender.join(timeout=5)  # first, so the final commit has its notification counts
+        self.alertmanager_wake.set()
+        for sender in self.senders:  # first, so the final commit has their notification counts
+            sender.join(timeout=5)
         self.turn(force_commit=True)
         self.close()
 

@@ -1,9 +1,10 @@
 """The state database: one SQLite file, `state.db` in the state dir (authdb.py only reads Xinference's).
 
 It holds what a restart resumes from (docs/DESIGN.md section 8): the read positions of every source, named
-JSON blobs (metric counters, rule state, ...) and the outbox of alert deliveries. `StateStore.commit`
-writes all three in ONE transaction, so after a crash the positions, the counters, the rule state and
-the alerts that follow from them always agree: a line is either fully accounted for or re-read.
+JSON blobs (metric counters, rule state, ...), the outbox of alert deliveries and the set of firing
+alerts. `StateStore.commit` writes them all in ONE transaction, so after a crash the positions, the
+counters, the rule state and the alerts that follow from them always agree: a line is either fully
+accounted for or re-read.
 
 Rules:
 - WAL journal, `synchronous=NORMAL` by default. A WAL commit has written its frames to the WAL file
@@ -20,7 +21,12 @@ Rules:
 - The outbox is idempotent: one row per (alert id, status, target), whatever is enqueued twice.
   Rows are never dropped on failure; delivered rows are kept for a while (`Outbox.prune`) so that a
   late re-enqueue of the same transition is still recognised.
-- `Outbox` is the delivery side: the sender thread opens its own connection on the same file.
+- The firing set holds the latest firing transition of every alert not resolved yet (a resolution
+  removes it in the same transaction that enqueues it): what the Alertmanager sender re-sends. It
+  knows nothing of rule kinds; the sender forgets the alerts that no resolution will ever end.
+- Each outbox row carries its notification group (`rule`, `severity`), so the sender can take the
+  due rows of one group without reading the others (alerts.py groups notifications).
+- `Outbox` is the delivery side: the sender threads share its own connection on the same file.
 """
 
 from __future__ import annotations
@@ -30,14 +36,14 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import orjson
 
-from xinf_watch.model import Alert
+from xinf_watch.model import Alert, AlertStatus
 
 SCHEMA_VERSION = 1
 DB_NAME = "state.db"
@@ -61,6 +67,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     UNIQUE (alert_id, status, target)
 );
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (target, id) WHERE delivered_at IS NULL;
+CREATE TABLE IF NOT EXISTS firing (alert_id TEXT PRIMARY KEY, alert BLOB NOT NULL);
 """
 
 # SQLite primary result codes that mean "this file is damaged", as opposed to "cannot open it"
@@ -88,6 +95,14 @@ class OutboxItem:
     alert: dict[str, Any]  # the alert JSON (docs/DESIGN.md section 7)
     attempts: int
     next_attempt: float
+    group: str  # notification group: rule and severity (`notification_group`)
+
+
+def notification_group(alert: Alert | Mapping[str, Any]) -> str:
+    """The notification group of an alert: the alerts of one rule and severity are told together."""
+    if isinstance(alert, Alert):
+        return f"{alert.rule}\0{alert.severity.value}"
+    return f"{alert.get('rule')}\0{alert.get('severity')}"
 
 
 def _connect(path: Path, *, create: bool, sync: str) -> sqlite3.Connection:
@@ -138,6 +153,9 @@ class StateStore:
             conn.execute("BEGIN IMMEDIATE")
             for statement in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
                 conn.execute(statement)
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(outbox)")}
+            if "grp" not in columns:  # a database of an earlier release: its rows group by themselves
+                conn.execute("ALTER TABLE outbox ADD COLUMN grp TEXT NOT NULL DEFAULT ''")
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except BaseException:
@@ -206,7 +224,8 @@ class StateStore:
         alerts: Sequence[tuple[Alert, Sequence[str]]],
     ) -> None:
         """In one transaction: replace all positions (a source left out is forgotten), replace the
-        given blobs (others stay), enqueue each alert for each of its targets (idempotent)."""
+        given blobs (others stay), enqueue each alert for each of its targets (idempotent), and
+        keep the firing set: a firing alert enters it (or replaces itself), a resolution leaves it."""
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -219,12 +238,19 @@ class StateStore:
                 "INSERT OR REPLACE INTO blobs (name, data) VALUES (?, ?)",
                 [(name, orjson.dumps(value)) for name, value in blobs.items()],
             )
-            rows: list[tuple[str, str, str, bytes]] = []
+            rows: list[tuple[str, str, str, bytes, str]] = []
             for alert, targets in alerts:
                 body = orjson.dumps(alert.to_json())
-                rows.extend((alert.id, alert.status.value, target, body) for target in targets)
+                group = notification_group(alert)
+                rows.extend((alert.id, alert.status.value, target, body, group) for target in targets)
+                if alert.status is AlertStatus.FIRING:
+                    conn.execute("INSERT OR REPLACE INTO firing (alert_id, alert) VALUES (?, ?)",
+                                 (alert.id, body))  # fmt: skip
+                else:
+                    conn.execute("DELETE FROM firing WHERE alert_id = ?", (alert.id,))
             conn.executemany(
-                "INSERT OR IGNORE INTO outbox (alert_id, status, target, alert) VALUES (?, ?, ?, ?)", rows
+                "INSERT OR IGNORE INTO outbox (alert_id, status, target, alert, grp) VALUES (?, ?, ?, ?, ?)",
+                rows,
             )
             conn.execute(
                 "INSERT OR REPLACE INTO meta (name, value) VALUES ('committed_at', ?)", (time.time(),)
@@ -234,6 +260,18 @@ class StateStore:
             if conn.in_transaction:  # SQLite may already have rolled back (e.g. disk full at COMMIT)
                 conn.execute("ROLLBACK")
             raise
+
+    def keep_firing(self, keep: Callable[[dict[str, Any]], bool]) -> int:
+        """Take the alerts `keep` refuses out of the firing set (their rule is gone: no resolution
+        will come); returns how many."""
+        conn = self._conn
+        rows = conn.execute("SELECT alert_id, alert FROM firing").fetchall()
+        gone = [(alert_id,) for alert_id, alert in rows if not keep(orjson.loads(alert))]
+        if gone:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany("DELETE FROM firing WHERE alert_id = ?", gone)
+            conn.execute("COMMIT")
+        return len(gone)
 
     def close(self) -> None:
         self._conn.close()
@@ -257,29 +295,72 @@ class Outbox:
                 self._conn.execute("SELECT count(*) FROM outbox WHERE delivered_at IS NULL").fetchone()[0]
             )
 
-    def due(self, now: float, limit: int = 100) -> list[OutboxItem]:
+    def due(
+        self,
+        now: float,
+        limit: int = 100,
+        *,
+        only: str | None = None,
+        besides: str | None = None,
+        skip: Collection[tuple[str, str]] = (),
+    ) -> list[OutboxItem]:
+        """Due rows in order: of target `only` (if given), not of target `besides`, and not of the
+        (target, group) pairs in `skip` (groups the sender holds back for now)."""
+        where, params = self._lane("o", only, besides, skip)
         with self._lock:
             rows = self._conn.execute(
-                """SELECT id, target, alert, attempts, next_attempt FROM outbox AS o
-                   WHERE delivered_at IS NULL AND next_attempt <= :now
+                f"""SELECT id, target, alert, attempts, next_attempt, grp FROM outbox AS o
+                   WHERE delivered_at IS NULL AND next_attempt <= :now{where}
                      AND NOT EXISTS (SELECT 1 FROM outbox AS p
                                      WHERE p.target = o.target AND p.delivered_at IS NULL
                                        AND p.id < o.id AND p.next_attempt > :now)
                    ORDER BY id LIMIT :limit""",
-                {"now": now, "limit": limit},
+                {**params, "now": now, "limit": limit},
             ).fetchall()
-        return [OutboxItem(i, t, orjson.loads(a), n, nxt) for i, t, a, n, nxt in rows]
+        return [OutboxItem(i, t, orjson.loads(a), n, nxt, g) for i, t, a, n, nxt, g in rows]
 
-    def next_due(self) -> float | None:
-        """When the earliest row could become due (the oldest pending row of each target), or None."""
+    @staticmethod
+    def _lane(
+        table: str, only: str | None, besides: str | None, skip: Collection[tuple[str, str]]
+    ) -> tuple[str, dict[str, Any]]:
+        """An SQL condition (starting with AND) on the rows of `table` and its parameters."""
+        where, params = "", dict[str, Any]()
+        if only is not None:
+            where, params["only"] = f" AND {table}.target = :only", only
+        if besides is not None:
+            where, params["besides"] = where + f" AND {table}.target != :besides", besides
+        for n, (target, group) in enumerate(skip):
+            where += f" AND NOT ({table}.target = :t{n} AND {table}.grp = :g{n})"
+            params[f"t{n}"], params[f"g{n}"] = target, group
+        return where, params
+
+    def next_due(
+        self, *, only: str | None = None, besides: str | None = None, skip: Collection[tuple[str, str]] = ()
+    ) -> float | None:
+        """When the earliest row could become due (the oldest pending row of each target, leaving out
+        the groups in `skip`), or None."""
+        where, params = self._lane("o", only, besides, skip)
+        inner, _ = self._lane("p", None, None, skip)
         with self._lock:
             row = self._conn.execute(
-                """SELECT min(next_attempt) FROM outbox AS o
-                   WHERE delivered_at IS NULL
+                f"""SELECT min(next_attempt) FROM outbox AS o
+                   WHERE delivered_at IS NULL{where}
                      AND id = (SELECT min(id) FROM outbox AS p
-                               WHERE p.target = o.target AND p.delivered_at IS NULL)"""
+                               WHERE p.target = o.target AND p.delivered_at IS NULL{inner})""",
+                params,
             ).fetchone()
         return None if row[0] is None else float(row[0])
+
+    def firing(self) -> list[dict[str, Any]]:
+        """The firing set: the latest firing transition of every alert not resolved (or forgotten)."""
+        with self._lock:
+            rows = self._conn.execute("SELECT alert FROM firing ORDER BY rowid").fetchall()
+        return [orjson.loads(row[0]) for row in rows]
+
+    def forget_firing(self, alert_ids: Collection[str]) -> None:
+        """Take alerts out of the firing set that no resolution will ever end (one-off events)."""
+        with self._lock:
+            self._conn.executemany("DELETE FROM firing WHERE alert_id = ?", [(i,) for i in alert_ids])
 
     def delivered(self, item_id: int, now: float | None = None) -> None:
         with self._lock:
@@ -288,14 +369,19 @@ class Outbox:
                 (time.time() if now is None else now, item_id),
             )
 
-    def failed(self, item_id: int, now: float, error: str) -> None:
-        """Retry later: 1 s after the first failure, then 2 s, 4 s, ... at most BACKOFF_MAX. Never dropped."""
+    def failed(self, item_ids: int | Sequence[int], now: float, error: str) -> None:
+        """Retry later: 1 s after the first failure, then 2 s, 4 s, ... at most BACKOFF_MAX. Never dropped.
+        The rows of one failed message (several ids) come due again together, after the backoff of
+        the most tried one: a message is retried whole."""
+        ids = [item_ids] if isinstance(item_ids, int) else list(item_ids)
+        marks = ",".join("?" * len(ids))
         with self._lock:
+            (tried,) = self._conn.execute(f"SELECT max(attempts) FROM outbox WHERE id IN ({marks})", ids)
+            delay = min(BACKOFF_MAX, float(1 << min(int(tried[0] or 0), 20)))
             self._conn.execute(
-                """UPDATE outbox SET attempts = attempts + 1, last_error = :error,
-                          next_attempt = :now + min(:cap, 1 << min(attempts, 20))
-                   WHERE id = :id""",
-                {"id": item_id, "now": now, "cap": BACKOFF_MAX, "error": error[:1000]},
+                f"""UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt = ?
+                   WHERE id IN ({marks})""",
+                [error[:1000], now + delay, *ids],
             )
 
     def prune(self, before: float) -> int:
