@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -285,7 +286,7 @@ def test_the_daemon_remembers_when_it_first_saw_a_key_disabled_across_a_restart(
     assert ts(alerts["analyst-old-laptop"]["first_ts"]) == before - 3600  # undated: at all times
     d.terminate()
 
-    with sqlite3.connect(ws.state / "state.db") as conn:
+    with closing(sqlite3.connect(ws.state / "state.db")) as conn:
         (blob,) = conn.execute("SELECT data FROM blobs WHERE name = 'key_dates'").fetchone()
     memory = json.loads(blob)
     assert len(memory["keys"]) == 2 and started <= max(v for v in memory["keys"].values() if v) <= seen
