@@ -27,6 +27,7 @@ from harness import DaemonProcess, Workspace, access_line, total
 from paths import FIXTURES
 from test_authdb import _jwt, execute, make_auth_db, raw_keys
 
+from xinf_watch.keyaudit import audit_keys
 from xinf_watch.keydates import DisabledSince
 from xinf_watch.keyfiles import KeyFileError, load_registry
 from xinf_watch.keys import sha256_hex
@@ -115,6 +116,23 @@ def test_revoked_at_errors_are_one_line_with_file_line_and_field(
         load_registry([path])
     assert str(info.value) == f"{tmp_path}/" + message.format(line=line)
     assert "sk-Yn9g" not in str(info.value)
+
+
+def test_keys_audit_shows_the_date_a_key_is_revoked_from(tmp_path: Path) -> None:
+    reg = load_registry(
+        [keys_yaml(tmp_path, "chatbot-prod", revoked=None, revoked_at="2026-11-25T12:00:00Z")]
+    )
+    at = ts("2026-11-28T07:10:00Z")
+    found = {(f.key, f.kind): f.detail for f in audit_keys(reg, at)}
+    assert found["chatbot-prod", "revoked"] == (
+        "revoked since 2026-11-25T12:00:00Z (2d19h ago); still listed, so its uses from then on show as"
+        " key_state revoked"
+    )
+    assert (
+        found["chatbot-legacy", "revoked"] == "revoked; still listed, so its uses show as key_state revoked"
+    )
+    before = {(f.key, f.kind) for f in audit_keys(reg, ts("2026-11-24T00:00:00Z"))}
+    assert ("chatbot-prod", "revoked") not in before and ("chatbot-prod", "no_allowlist") in before
 
 
 # --- auth.db: dated by the daemon's memory ------------------------------------------------------

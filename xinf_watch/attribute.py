@@ -4,7 +4,8 @@ This is where the raw credential is consumed: `KeyRegistry.resolve` reads it and
 a state and a fingerprint; the `Event` that leaves this module carries none of the credential.
 Paths are normalised once here (query string dropped, percent-escapes decoded, length capped) so
 every later stage and every output sees the same path. A denial the source gives no reason for
-gets one from its status where only one cause fits (`reason_from_status`).
+gets one from its status where only one cause fits (`reason_from_status`). A scope the key may not
+use also says what refuses it (`scope_denied_by`: its permissions, or advanced auth's API-key limit).
 """
 
 from __future__ import annotations
