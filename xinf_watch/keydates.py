@@ -11,7 +11,9 @@ unless keys.yaml gives its `revoked_at`.
 
 Rules:
 - Keys are remembered by the first 8 hex digits of their SHA-256 (what errors show; no more of
-  the hash goes into the state file), users by name.
+  the hash goes into the state file: with a key's alias, a full hash would let someone with the
+  state file brute-force a short legacy key), users by name. Two disabled keys whose hashes share
+  those digits (a chance of 1 in 2^32 per pair) share the earlier date.
 - A key or user that is enabled again, or gone, is forgotten: disabling it later is a new date.
 - The first observation of a memory that never observed anything (a fresh state database, or
   one from before this memory existed) records what is disabled then as undated: nobody knows
@@ -35,8 +37,9 @@ class DisabledSince:
     def __init__(self, saved: Mapping[str, Any] | None = None) -> None:
         """`saved`: a `snapshot()` from the state database; None: nothing was ever observed."""
         self._observed = saved is not None
-        self._keys = _dates((saved or {}).get("keys"))
-        self._users = _dates((saved or {}).get("users"))
+        data = saved if isinstance(saved, Mapping) else {}
+        self._keys = _dates(data.get("keys"))
+        self._users = _dates(data.get("users"))
 
     def observe(self, keys: Set[str], users: Set[str], now: float) -> None:
         """What the key files show disabled `now`: `keys` by SHA-256 hex, `users` by name."""
