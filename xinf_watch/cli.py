@@ -98,6 +98,19 @@ def build_parser() -> argparse.ArgumentParser:
                       help="how long to run (default 45; Ctrl-C stops earlier)")
     demo.add_argument("--port", type=int, metavar="PORT", help="metrics port (default: a free one)")
 
+    sim = commands.add_parser(
+        "simulate", parents=[common], help="write a simulated week of gateway traffic with known incidents",
+        description="Write DIR/access.log (nginx combined_key lines in front of Xinference), keys.yaml, "
+        "rules.yaml (the shipped rules, or --rules, pointed at them) and truth.json (the injected "
+        "incidents): the same files for the same --seed. "
+        "Replay with `xinf-watch replay --rules DIR/rules.yaml`.",
+    )
+    sim.add_argument("--days", type=int, default=7, help="days from a Monday 00:00 UTC (default 7)")
+    sim.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    sim.add_argument("--out", type=Path, required=True, metavar="DIR", help="directory to write into")
+    sim.add_argument("--rules", type=Path, metavar="FILE",
+                     help="rules.yaml to point at the files (default: the shipped rules)")
+
     rp = commands.add_parser(
         "replay", parents=[common],
         help="process log files start to end and print the alerts",
@@ -198,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = ("run", "check", "replay", "demo", "keys", "init")
+COMMANDS = ("run", "check", "replay", "demo", "simulate", "keys", "init")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -219,6 +232,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from xinf_watch.demo import run_demo
 
             return run_demo(args.duration, args.port)
+        if args.command == "simulate":
+            from xinf_watch.simulate import run_simulate
+
+            return run_simulate(args.days, args.seed, args.out, args.rules, sys.stdout)
         if args.command == "init":
             return cmd_init(args, sys.stdout)
         if args.command == "keys":

@@ -276,7 +276,7 @@ def inject(world: World) -> list[Incident]:
     incidents = []
     for n, kind in enumerate(kinds):
         begin = max(world.start + n * slot + 10 * MINUTE, earliest[kind])
-        t = rng.uniform(begin, world.start + (n + 1) * slot - 100 * MINUTE)
+        t = rng.uniform(begin, max(begin, world.start + (n + 1) * slot - 100 * MINUTE))
         incident = injector.make(kind, t)
         day = int((t - world.start) // DAY)
         incidents.append(

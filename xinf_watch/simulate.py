@@ -24,10 +24,11 @@ lines and keys.yaml only, never in the truth.
 from __future__ import annotations
 
 import random
+import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 import yaml
@@ -602,6 +603,7 @@ def simulate(days: int = 7, seed: int = 1) -> Simulation:
 def rules_for(shipped: Path, directory: Path) -> str:
     """`shipped` (a rules.yaml) pointed at the simulation's access.log and keys.yaml in `directory`."""
     config = yaml.safe_load(shipped.read_text())
+    directory = directory.resolve()
     sources = [s for s in config.get("sources") or [] if s.get("format") == "nginx"][:1] or [
         {"name": "gateway", "format": "nginx"}
     ]
@@ -620,3 +622,22 @@ def write_simulation(sim: Simulation, directory: Path, shipped: Path) -> None:
     (directory / "keys.yaml").write_text(sim.keys_yaml())
     (directory / "rules.yaml").write_text(rules_for(shipped, directory))
     (directory / "truth.json").write_bytes(orjson.dumps(sim.truth(), option=orjson.OPT_INDENT_2) + b"\n")
+
+
+SHIPPED_RULES = Path(__file__).resolve().parent / "data" / "rules.yaml"  # rules/rules.yaml, packaged
+
+
+def run_simulate(days: int, seed: int, out: Path, rules: Path | None, stdout: TextIO) -> int:
+    """`xinf-watch simulate`: write the files of `simulate(days, seed)` into `out`."""
+    if days < 1:
+        sys.stderr.write("xinf-watch: simulate: --days must be at least 1\n")
+        return 2
+    sim = simulate(days, seed)
+    write_simulation(sim, out, rules or SHIPPED_RULES)
+    stdout.write(
+        f"{out}: access.log ({len(sim.lines):,} nginx combined_key lines, {days} day(s) from "
+        f"{format_ts(sim.start)}), keys.yaml ({len(sim.keys)} keys), rules.yaml, truth.json "
+        f"({len(sim.incidents)} incidents)\n"
+        f"replay it: xinf-watch replay --rules {out / 'rules.yaml'}\n"
+    )
+    return 0
