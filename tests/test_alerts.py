@@ -489,3 +489,7 @@ def test_refresher_posts_the_firing_set_and_forgets_ended_one_offs(
         refresher.run_due(am)
         clock.t += 5
     assert len(log) == 1 and "re-sending 1 firing alerts failed" in log[0]
+    store.commit({}, {}, [(flood_alert(60), [])])
+    clock.t += 3600
+    Refresher(outbox, clock).run_due(None)  # no Alertmanager: ended one-offs leave the set all the same
+    assert [a["id"] for a in outbox.firing()] == ["a0001"]

@@ -69,6 +69,7 @@ MAX_GROUP = 200  # alerts in one grouped message, at most
 AM_BATCH = 500  # alerts in one Alertmanager POST, at most
 RESEND_FACTOR = 4  # a firing alert's endsAt is this many resend intervals ahead (Prometheus: 4)
 ONE_OFF_KINDS = frozenset({"match", "new_value"})  # rule kinds whose alerts never resolve: one event each
+DEFAULT_EVENT_TTL = 3600.0  # how long a one-off alert stays active in Alertmanager (alertmanager.event_ttl)
 KEEP_DELIVERED = 7 * 86400.0  # delivered outbox rows are kept this long for de-duplication
 _LABEL_BAD = re.compile(r"[^a-zA-Z0-9_]")
 _URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://\S*")
@@ -281,7 +282,11 @@ def ends_at(alert: dict[str, Any], now: float, hold: float, event_ttl: float) ->
 
 
 def alertmanager_alert(
-    alert: dict[str, Any], now: float, *, hold: float = RESEND_FACTOR * 60.0, event_ttl: float = 3600.0
+    alert: dict[str, Any],
+    now: float,
+    *,
+    hold: float = RESEND_FACTOR * 60.0,
+    event_ttl: float = DEFAULT_EVENT_TTL,
 ) -> dict[str, Any]:
     """The Alertmanager API v2 alert object for one of our alerts, posted at `now`; `hold` is how long a
     firing alert stays active without being posted again."""
@@ -315,7 +320,7 @@ class AlertmanagerTarget:
         timeout: float = 10.0,
         *,
         resend_interval: float = 60.0,
-        event_ttl: float = 3600.0,
+        event_ttl: float = DEFAULT_EVENT_TTL,
         now: Callable[[], float] = time.time,
     ) -> None:
         self.resend_interval = resend_interval
@@ -332,10 +337,6 @@ class AlertmanagerTarget:
             token = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
             self._headers["Authorization"] = "Basic " + base64.b64encode(token).decode()
         self._timeout = timeout
-
-    def over(self, alert: dict[str, Any], now: float) -> bool:
-        """A one-off alert whose endsAt has passed: nothing will post it again."""
-        return alert.get("kind") in ONE_OFF_KINDS and ends_at(alert, now, 0.0, self.event_ttl) <= now
 
     def send(self, alerts: Sequence[dict[str, Any]]) -> None:
         now, hold = self._now(), RESEND_FACTOR * self.resend_interval
@@ -379,7 +380,7 @@ def build_targets(
     *,
     group_interval: float = 0.0,
     resend_interval: float = 60.0,
-    event_ttl: float = 3600.0,
+    event_ttl: float = DEFAULT_EVENT_TTL,
 ) -> dict[str, Target]:
     if alertmanager_url and ALERTMANAGER in notify_groups:
         raise ValueError(f"a notify group may not be called {ALERTMANAGER!r} when alertmanager is configured")
@@ -393,8 +394,15 @@ def build_targets(
     return targets
 
 
+def _one_off_over(alert: dict[str, Any], now: float, event_ttl: float) -> bool:
+    """A one-off alert whose endsAt has passed: no post will ever make it active again."""
+    return alert.get("kind") in ONE_OFF_KINDS and ends_at(alert, now, 0.0, event_ttl) <= now
+
+
 class Refresher:
-    """Posts the firing set to Alertmanager again every `resend_interval` (the first time at once).
+    """Posts the firing set to Alertmanager again every `resend_interval` (the first time at once),
+    and takes the one-off alerts whose endsAt has passed out of it (every `IDLE_WAIT` and with the
+    default `event_ttl` when no Alertmanager is configured, so the set stays small either way).
 
     A failed re-send is logged once until one succeeds again, and retried at the next interval:
     the next post makes it whole, as the endsAt of the last good one leaves RESEND_FACTOR intervals.
@@ -408,36 +416,33 @@ class Refresher:
         self._log = log
         self.next_at = float("-inf")
         self._failing = False
-        self.sent = 0  # re-sends that reached Alertmanager (for tests and the log)
 
     def run_due(self, target: Target | None) -> None:
         now = self._now()
-        if not isinstance(target, AlertmanagerTarget):
-            self.next_at = float("inf")  # no Alertmanager: nothing to refresh until a reload adds one
-            return
         if now < self.next_at:
             return
-        self.next_at = now + target.resend_interval
+        am = target if isinstance(target, AlertmanagerTarget) else None
+        self.next_at = now + (am.resend_interval if am is not None else IDLE_WAIT)
+        ttl = am.event_ttl if am is not None else DEFAULT_EVENT_TTL
         alerts = self._outbox.firing()
-        over = [str(a.get("id")) for a in alerts if target.over(a, now)]
+        over = {str(a.get("id")) for a in alerts if _one_off_over(a, now, ttl)}
         if over:
             self._outbox.forget_firing(over)
-            alerts = [a for a in alerts if str(a.get("id")) not in set(over)]
-        if not alerts:
+            alerts = [a for a in alerts if str(a.get("id")) not in over]
+        if am is None or not alerts:
             return
         try:
-            target.send(alerts)
+            am.send(alerts)
         except Exception as exc:
             if not self._failing:
                 error = str(exc) if isinstance(exc, DeliveryError) else f"{type(exc).__name__}: {exc}"
                 self._log(f"xinf-watch: re-sending {len(alerts)} firing alerts failed (retried every"
-                          f" {target.resend_interval:g}s): {error}")  # fmt: skip
+                          f" {am.resend_interval:g}s): {error}")  # fmt: skip
             self._failing = True
         else:
             if self._failing:
                 self._log(f"xinf-watch: re-sending firing alerts to {ALERTMANAGER} works again")
             self._failing = False
-            self.sent += 1
 
     def reset(self) -> None:
         """Re-send at the next pass (a reload may have brought a new Alertmanager)."""
