@@ -33,7 +33,7 @@ from harness import (
     received_alerts,
     total,
 )
-from receivers import HTTPReceiver
+from receivers import HTTPReceiver, Request
 
 pytestmark = pytest.mark.system
 
@@ -135,10 +135,15 @@ class SlowReceiver(HTTPReceiver):
 
         class Handler(base):  # type: ignore[valid-type,misc]
             def do_POST(self) -> None:
+                # the whole request first: only then does the receiver have the alert
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 receiver.got.set()
                 time.sleep(receiver.delay)
+                receiver.requests.append(Request(self.path, dict(self.headers), body, time.monotonic()))
                 with contextlib.suppress(OSError):  # the client may be gone (killed)
-                    super().do_POST()
+                    self.send_response(receiver.status)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
 
         return Handler
 
