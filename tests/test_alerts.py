@@ -182,7 +182,7 @@ def test_outage_then_recovery_delivers_everything_once_in_order(http: HTTPReceiv
     log: list[str] = []
     clock = FakeClock()
     deliverer = Deliverer(
-        Outbox(tmp_path), targets, lambda t, ok: results.append((t, ok)), clock, log=log.append
+        Outbox(tmp_path), targets, lambda t, ok, n: results.extend([(t, ok)] * n), clock, log=log.append
     )
     outbox = Outbox(tmp_path)
     try:
@@ -231,7 +231,7 @@ def test_run_loop_delivers_on_wake_and_does_not_spin(http: HTTPReceiver, tmp_pat
 
     results: list[tuple[str, bool]] = []
     deliverer = Deliverer(CountingOutbox(tmp_path), {"ops": AppriseTarget("ops", [f"json://{http.url}/h"])},
-                          lambda t, ok: results.append((t, ok)), time.time)  # fmt: skip
+                          lambda t, ok, n: results.extend([(t, ok)] * n), time.time)  # fmt: skip
     stop, wake = threading.Event(), threading.Event()
     thread = threading.Thread(target=deliverer.run, args=(stop, wake))
     thread.start()
@@ -401,7 +401,7 @@ def test_flood_of_one_rule_is_two_messages_and_a_critical_rule_is_not_held(
     alert of another rule in the middle of the flood goes out in the pass after its commit."""
     store, clock = StateStore(tmp_path), FakeClock()
     ops = AppriseTarget("ops", [f"json://{http.url}/hook"], group_interval=30.0)
-    deliverer = Deliverer(Outbox(tmp_path), {"ops": ops}, lambda t, ok: None, clock)
+    deliverer = Deliverer(Outbox(tmp_path), {"ops": ops}, lambda t, ok, n: None, clock)
     started = clock.t
     critical = flood_alert(9000, rule="admin-route-external", severity=Severity.CRITICAL)
     for n in range(200):
@@ -441,7 +441,7 @@ def test_grouped_retry_sends_each_url_only_what_it_lacks(http: HTTPReceiver, tmp
     other.stop()
     store, clock = StateStore(tmp_path), FakeClock()
     ops = AppriseTarget("ops", [f"json://{http.url}/a", f"json://{other.url}/b"], group_interval=10.0)
-    deliverer = Deliverer(Outbox(tmp_path), {"ops": ops}, lambda t, ok: None, clock, log=lambda m: None)
+    deliverer = Deliverer(Outbox(tmp_path), {"ops": ops}, lambda t, ok, n: None, clock, log=lambda m: None)
     try:
         store.commit({}, {}, [(flood_alert(1), ["ops"]), (flood_alert(2), ["ops"])])
         assert deliverer.deliver_due() == 0  # /b is down: both rows wait for their retry

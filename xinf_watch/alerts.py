@@ -453,14 +453,15 @@ class Deliverer:
     """Sends due outbox rows to their targets; `run` is a sender thread's loop.
 
     `only` / `besides` choose the rows of one target / all but one (the daemon's two senders);
-    `refresher` re-sends the firing set to the Alertmanager target after each pass.
+    `refresher` re-sends the firing set to the Alertmanager target after each pass. `on_result`
+    hears of each message: (target, sent, how many alerts it carried).
     """
 
     def __init__(
         self,
         outbox: Outbox,
         targets: Mapping[str, Target],
-        on_result: Callable[[str, bool], None],
+        on_result: Callable[[str, bool, int], None],
         now: Callable[[], float],
         *,
         log: Callable[[str], None] = _stderr,
@@ -538,8 +539,7 @@ class Deliverer:
                 held.add(name)
                 error = str(exc) if isinstance(exc, DeliveryError) else f"{type(exc).__name__}: {exc}"
                 self._outbox.failed([item.id for item in batch], self._now(), error)
-                for _ in batch:
-                    self._on_result(name, False)
+                self._on_result(name, False, len(batch))
                 quiet = target is None and name in self._missing_reported
                 if target is None:
                     self._missing_reported.add(name)
@@ -551,7 +551,7 @@ class Deliverer:
                 done = self._now()
                 for item in batch:
                     self._outbox.delivered(item.id, done)
-                    self._on_result(name, True)
+                self._on_result(name, True, len(batch))
                 if target.group_interval > 0:
                     for item in batch:
                         self._told_at[(name, item.group)] = now

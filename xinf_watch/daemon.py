@@ -246,11 +246,12 @@ class Daemon:
         return build_targets(config.notify, am.url, group_interval=config.delivery.group_interval,
                              resend_interval=am.resend_interval, event_ttl=am.event_ttl)  # fmt: skip
 
-    def _count_notification(self, target: str, sent: bool) -> None:
-        """The sender's report of one attempt (its thread): counted, committed with the next turn."""
+    def _count_notification(self, target: str, sent: bool, alerts: int) -> None:
+        """A sender's report of one message (its thread): counted per alert, committed with the next turn."""
         pending = self.outbox.pending()
         with self.lock:
-            self.store.count_notification(target, sent)
+            for _ in range(alerts):
+                self.store.count_notification(target, sent)
             self.store.outbox_pending = pending
             self._dirty = True
 
