@@ -116,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="process log files start to end and print the alerts",
         description="Read log files start to end through the same stages as the daemon, with the "
         "clock taken from the log timestamps. Prints alerts (or, with --events, every attributed "
-        "event) as JSON lines on stdout. Starts from empty state; never touches the state dir.",
+        "event) as JSON lines on stdout; with --summary, how often each rule fired per day instead. "
+        "Starts from empty state; never touches the state dir.",
     )
     rp.add_argument(
         "--rules",
