@@ -67,6 +67,34 @@ def test_commit_then_reopen(tmp_path: Path) -> None:
     assert store.load().positions == {"gateway": positions["gateway"]}
 
 
+def test_firing_set_follows_the_transitions_and_old_outboxes_gain_their_group(tmp_path: Path) -> None:
+    """A database of the earlier release (outbox rows without a notification group) is taken over
+    as it is; the firing set holds what fired and has not resolved, committed with the outbox."""
+    conn = sqlite3.connect(tmp_path / "state.db")
+    conn.execute(
+        "CREATE TABLE outbox (id INTEGER PRIMARY KEY, alert_id TEXT NOT NULL, status TEXT NOT NULL,"
+        " target TEXT NOT NULL, alert BLOB NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,"
+        " next_attempt REAL NOT NULL DEFAULT 0, last_error TEXT, delivered_at REAL,"
+        " UNIQUE (alert_id, status, target))"
+    )
+    conn.execute("INSERT INTO outbox (alert_id, status, target, alert) VALUES ('old', 'firing', 'ops', '{}')")
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    store = StateStore(tmp_path)
+    store.commit({}, {}, [(make_alert(1), ["ops"]), (make_alert(2), ["ops"])])
+    store.commit({}, {}, [(make_alert(1, AlertStatus.RESOLVED), ["ops"])])
+    outbox = Outbox(tmp_path)
+    assert [(i.alert.get("id"), i.group) for i in outbox.due(0.0)] == [
+        (None, ""), ("alert1", "denied-burst\0critical"), ("alert2", "denied-burst\0critical"),
+        ("alert1", "denied-burst\0critical")]  # fmt: skip
+    assert [a["id"] for a in outbox.firing()] == ["alert2"]
+    skip = [("ops", "denied-burst\0critical")]
+    assert [i.alert.get("id") for i in outbox.due(0.0, skip=skip)] == [None]
+    outbox.close()
+    store.close()
+
+
 def test_outbox_is_idempotent_per_alert_status_target(tmp_path: Path) -> None:
     store = StateStore(tmp_path)
     firing, resolved = make_alert(1), make_alert(1, AlertStatus.RESOLVED)
