@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from collections import Counter, defaultdict
 from datetime import datetime
 from ipaddress import ip_address, ip_network
@@ -304,3 +306,35 @@ def test_incidents_fall_in_the_span_with_their_catching_rules(sim: Simulation) -
         assert incident["keys"] or incident["ips"]
     reuse = next(i for i in truth["incidents"] if i["kind"] == "revoked-key-reused")
     assert _ts(reuse["start"]) > _ts(sim.facts["revoke_at"])
+
+
+def test_simulate_command_writes_files_that_replay_as_is(tmp_path: Path) -> None:
+    out = tmp_path / "week"
+    made = subprocess.run(
+        [sys.executable, "-m", "xinf_watch", "simulate", "--days", "1", "--seed", "4", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert made.returncode == 0, made.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["access.log", "keys.yaml", "rules.yaml", "truth.json"]
+    assert (out / "access.log").read_text() == "".join(simulate(1, 4).lines)
+    replayed = subprocess.run(
+        [sys.executable, "-m", "xinf_watch", "replay", "--quiet", "--rules", str(out / "rules.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert replayed.returncode == 0, replayed.stderr
+    alerts = [json.loads(line) for line in replayed.stdout.splitlines()]
+    assert score(alerts, json.loads((out / "truth.json").read_text())).firing > 0
+    bad = subprocess.run(
+        [sys.executable, "-m", "xinf_watch", "simulate", "--days", "0", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (bad.returncode, bad.stderr) == (2, "xinf-watch: simulate: --days must be at least 1\n")

@@ -34,7 +34,7 @@ from xinf_watch.simtraffic import (
 )
 
 if TYPE_CHECKING:
-    from xinf_watch.simulate import World
+    from xinf_watch.simworld import World
 
 # ================================================================================================
 # THE rule-name table: which rules of rules/rules.yaml count as catching each incident kind.
