@@ -493,3 +493,50 @@ def test_refresher_posts_the_firing_set_and_forgets_ended_one_offs(
     clock.t += 3600
     Refresher(outbox, clock).run_due(None)  # no Alertmanager: ended one-offs leave the set all the same
     assert [a["id"] for a in outbox.firing()] == ["a0001"]
+
+
+def test_alertmanager_down_delays_the_resolution_and_no_refresh_follows_it(
+    http: HTTPReceiver, tmp_path: Path
+) -> None:
+    """Alertmanager's own sender (the daemon's second lane): the firing goes out, Alertmanager goes
+    away, the alert resolves; once it is back the resolution arrives, and no re-send of the firing
+    ever comes after it (a late refresh would make Alertmanager show it active again)."""
+    store, clock = StateStore(tmp_path), FakeClock()
+    clock.t = 1_795_000_100.0
+    am = AlertmanagerTarget(f"http://{http.url}", resend_interval=5.0, now=clock, timeout=2)
+    outbox = Outbox(tmp_path)
+    refresher = Refresher(outbox, clock, lambda m: None)
+    lane = Deliverer(outbox, {ALERTMANAGER: am}, lambda t, ok, n: None, clock, log=lambda m: None,
+                     only=ALERTMANAGER, refresher=refresher)  # fmt: skip
+    stop, wake = threading.Event(), threading.Event()
+    store.commit({}, {}, [(make_alert(1), [ALERTMANAGER])])
+    lane.deliver_due()
+    refresher.run_due(am)
+    http.stop()
+    store.commit({}, {}, [(make_alert(1, AlertStatus.RESOLVED), [ALERTMANAGER])])
+    for _ in range(3):
+        clock.t += 5
+        lane.deliver_due()
+        refresher.run_due(am)
+    assert outbox.pending() == 1  # the resolution waits
+    http.start()
+    clock.t += 10
+    thread = threading.Thread(target=lane.run, args=(stop, wake))
+    thread.start()
+    try:
+        wait_until(lambda: outbox.pending() == 0, timeout=5, what="the resolution")
+        clock.t += 20  # more refresh intervals go by
+        wake.set()
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        wake.set()
+        thread.join(5)
+    posts = [
+        (json.loads(a["annotations"]["alert"])["status"], a["endsAt"])
+        for r in http.requests
+        for a in r.json()
+    ]
+    resolution = ("resolved", make_alert().to_json()["last_ts"])
+    assert posts[-1] == resolution and posts.count(resolution) == 1
+    assert len(posts) >= 3  # the firing, at least one refresh, the resolution
