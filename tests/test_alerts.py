@@ -20,6 +20,7 @@ from tools import require_program
 
 from xinf_watch.alerts import (
     ALERTMANAGER,
+    MAX_GROUP,
     AlertJournal,
     AlertmanagerTarget,
     AppriseTarget,
@@ -540,3 +541,22 @@ def test_alertmanager_down_delays_the_resolution_and_no_refresh_follows_it(
     resolution = ("resolved", make_alert().to_json()["last_ts"])
     assert posts[-1] == resolution and posts.count(resolution) == 1
     assert len(posts) >= 3  # the firing, at least one refresh, the resolution
+
+
+def test_a_group_that_speaks_says_all_it_has(http: HTTPReceiver, tmp_path: Path) -> None:
+    """1,500 alerts waiting in one group when its interval ends: all go out in that pass, in
+    messages of at most MAX_GROUP, more than one delivery pass reads (PASS_LIMIT)."""
+    store, clock = StateStore(tmp_path), FakeClock()
+    ops = AppriseTarget("ops", [f"json://{http.url}/hook"], group_interval=30.0)
+    deliverer = Deliverer(Outbox(tmp_path), {"ops": ops}, lambda t, ok, n: None, clock)
+    store.commit({}, {}, [(flood_alert(0), ["ops"])])
+    assert deliverer.deliver_due() == 1
+    store.commit({}, {}, [(flood_alert(n), ["ops"]) for n in range(1, 1501)])
+    assert deliverer.deliver_due() == 0
+    clock.t += 30
+    assert deliverer.deliver_due() == 1500
+    sizes = [len(alerts) for _, alerts in messages(http)]
+    assert sizes == [1] + [MAX_GROUP] * 7 + [100]
+    assert [a["id"] for _, alerts in messages(http) for a in alerts] == [
+        f"webui-external-{n:04d}" for n in range(1501)
+    ]

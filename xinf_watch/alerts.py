@@ -518,12 +518,25 @@ class Deliverer:
         return batches
 
     def deliver_due(self, stop: threading.Event | None = None) -> int:
-        """One pass over the due rows; returns how many were delivered."""
-        targets, sent, held = self._targets, 0, set()
+        """One pass over the due rows, `PASS_LIMIT` at a time; returns how many were delivered.
+        The groups held back are those held when the pass began: a group that speaks in this pass
+        says all it has, however many messages that takes."""
         self._attempted = 0
         now = self._now()
-        items = self._outbox.due(now, PASS_LIMIT, only=self._only, besides=self._besides,
-                                 skip=self.holding(now))  # fmt: skip
+        skip = self.holding(now)
+        sent, held = 0, set[str]()
+        for _ in range(100):  # a bound, not a limit: a failed target's rows are not due again
+            items = self._outbox.due(now, PASS_LIMIT, only=self._only, besides=self._besides, skip=skip)
+            sent += self._send(items, now, held, stop)
+            if len(items) < PASS_LIMIT or (stop is not None and stop.is_set()):
+                break
+        return sent
+
+    def _send(
+        self, items: Sequence[OutboxItem], now: float, held: set[str], stop: threading.Event | None
+    ) -> int:
+        """Send `items` as messages; a target that fails joins `held` and is not tried again."""
+        targets, sent = self._targets, 0
         for name, batch in self._batches(items):
             if stop is not None and stop.is_set():
                 break
