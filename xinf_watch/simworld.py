@@ -244,7 +244,7 @@ class World:
                 2,
                 0.2,
                 0.4,
-                (0, 2),
+                (1, 3),
                 False,
             ),
             (
@@ -254,7 +254,7 @@ class World:
                 2,
                 0.12,
                 0.3,
-                (0, 2),
+                (1, 3),
                 False,
             ),
             (
@@ -264,7 +264,7 @@ class World:
                 2,
                 0.06,
                 0.3,
-                (0, 1),
+                (1, 2),
                 False,
             ),
             ("search-indexer", "xinference-client/1.9.0", (EMBED,), 1, 0.03, 1.0, (0, 1), True),
@@ -275,7 +275,7 @@ class World:
                 2,
                 0.05,
                 1.0,
-                (0, 1),
+                (0, 2),
                 True,
             ),
         ]
