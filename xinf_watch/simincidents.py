@@ -254,12 +254,13 @@ class _Injector:
 def inject(world: World) -> list[Incident]:
     """Every kind of `CATCHING_RULES` once, at a seeded time in its own slot of the span, none in
     the first hour (a replay starts with empty rule state), the runaway client not before its key
-    has half a day of usual traffic, the revoked key's reuse after its revocation."""
+    has a day of history (its usual rate at every hour: a live daemon has it, a replay from Monday
+    00:00 has not), the revoked key's reuse after its revocation."""
     rng = world.rng
     n_slots = len(CATCHING_RULES)
     slot = (world.end - world.start) / n_slots
     earliest = dict.fromkeys(CATCHING_RULES, world.start + HOUR)
-    earliest["runaway-client"] = world.start + 12 * HOUR
+    earliest["runaway-client"] = world.start + min(DAY, (world.end - world.start) / 2)
     earliest["revoked-key-reused"] = world.revoke_at + HOUR
     placed: dict[int, str] = {}
     for kind in ("revoked-key-reused", "runaway-client"):  # the constrained ones first
@@ -268,7 +269,7 @@ def inject(world: World) -> list[Incident]:
             for j in range(n_slots)
             if j not in placed and world.start + (j + 1) * slot - 2 * HOUR >= earliest[kind]
         ]
-        placed[rng.choice(fits)] = kind
+        placed[rng.choice(fits or [max(set(range(n_slots)) - set(placed))])] = kind
     rest = [k for k in CATCHING_RULES if k not in placed.values()]
     rng.shuffle(rest)
     kinds = [placed[j] if j in placed else rest.pop() for j in range(n_slots)]
