@@ -61,7 +61,7 @@ def flush_held(rule: CompiledRule, now: float) -> list[Alert]:
             continue
         ep = state.episode
         since = state.last_notified
-        state.last_notified = ep.started = ep.last_ts
+        state.last_notified, ep.started = now, ep.last_ts
         more = "1 more such request" if ep.count == 1 else f"{ep.count} more such requests"
         summary = f"{more} since the alert at {format_ts(since)}, the latest: {ep.summary}"
         out.append(make_alert(rule, AlertStatus.FIRING, group, ep, summary))
@@ -134,7 +134,7 @@ def new_value(rule: CompiledRule, event: Event, now: float) -> Alert | None:
             return None  # a late line about a known value, or one seen again within `forget`
         learned = False
     else:
-        learned = ts - state.first_seen < cfg.learn and _joins_baseline(rule, values, event.ip)
+        learned = ts - state.first_seen < cfg.learn and _joins_baseline(rule, state, event.ip)
         values[value] = ts
         if len(values) > MAX_VALUES:
             _forget_before(values, now - cfg.forget)
@@ -306,21 +306,29 @@ def _expected_daily(state: GroupState, cfg: Any, now: float) -> float | None:
     return max(same_hour * float(cfg.window) / 3600, 2 * peak / float(cfg.factor))
 
 
-def _joins_baseline(rule: CompiledRule, values: dict[str, float], ip: str) -> bool:
+def _joins_baseline(rule: CompiledRule, state: GroupState, ip: str) -> bool:
     """While a group learns, a new address joins its baseline silently if it is near one the group
     has used (same /16, IPv6 /48); without `known` networks, the first address seeds the baseline.
     An address far from every one the group has used always fires, learning or not."""
-    value = rule.config.value
-    if value != "ip" and not value.startswith("ip/"):
+    if not rule.value_is_address:
         return True  # not an address: everything the group shows while learning is its baseline
+    values = state.values
     if not values:
         return rule.is_known is None
     wide = _wide_network(ip)
-    return any(_wide_network(seen.partition("/")[0]) == wide for seen in values)
+    if state.networks is None or len(state.networks) > 2 * MAX_VALUES:  # rebuilt now and then
+        state.networks = {_wide_network(seen.partition("/")[0]) for seen in values}
+    near = wide in state.networks
+    state.networks.add(wide)
+    return near
 
 
 def _wide_network(ip: str) -> str:
-    return subnet_of(ip, 16) if ":" not in ip or ip.startswith("::ffff:") else subnet_of(ip, 48)
+    """The /16 (IPv6: /48) around an address, as a key to compare with (not necessarily a CIDR)."""
+    if ":" not in ip:
+        first, _, rest = ip.partition(".")
+        return f"{first}.{rest.partition('.')[0]}"  # 10.244.3.7 -> 10.244: cheaper than subnet_of
+    return subnet_of(ip, 16 if ip.startswith("::ffff:") else 48)
 
 
 def _seen_again(values: dict[str, float], value: str, ts: float) -> float | None:

@@ -81,12 +81,13 @@ class RuleEngine:
     # -- input ---------------------------------------------------------------------------------
 
     def observe(self, event: Event) -> list[Alert]:
-        """The alerts `event` causes, then those the clock owes if the event moved it on."""
+        """The alerts the clock owes for a gap before the event, those the event causes, then
+        those the clock owes now."""
         out: list[Alert] = []
         ts = event.ts
         if self.started is None:
             self.started = ts
-        now = self.now
+        now = before = self.now
         if ts > now:
             if ts - now <= MAX_CLOCK_LEAD or self.leap_pending or now == NEVER:
                 self.now = now = ts
@@ -95,6 +96,11 @@ class RuleEngine:
                 self.leap_pending = True  # a lone line far ahead: the clock waits for the next one
         elif self.leap_pending:
             self.leap_pending = False
+        gap = now >= self.next_tick and now - before > TICK
+        if gap:
+            # A gap in the log is silence the clock-driven rules must see before the line that
+            # ends it is counted (`absent`), as the live daemon's timer sees it while no line comes.
+            out.extend(self.advance(now))
         at = now if ts <= now else ts  # the time its rules see: its own, unless it is late
         written = ts if ts <= now else now  # when its source wrote, as far as the clock can tell
         last = self.source_last_seen.get(event.source)
@@ -122,7 +128,7 @@ class RuleEngine:
                     out.append(alert)
         if new_key and self._expiry_rules:
             out.extend(self._check_key_expiry(now))  # a key's first use: check it at once
-        if now >= self.next_tick:
+        if gap or now >= self.next_tick:
             out.extend(self.advance(now))
         return out
 

@@ -65,6 +65,9 @@ class GroupState:
     long_counter: WindowCounter | None = None  # spike: the baseline window
     # new_value / distinct: value -> last seen, least recently seen first
     values: dict[str, float] = field(default_factory=dict)
+    # new_value while learning: the wide networks (/16, /48) of the addresses it has used;
+    # derived from `values` when None (after a restore), so never saved
+    networks: set[str] | None = None
     first_seen: float | None = None
     last_notified: float = NEVER
     episode: Episode = field(default_factory=Episode)
@@ -270,10 +273,13 @@ class CompiledRule:
         self.evicted_values = 0
         self.value_of = _value_getter(getattr(config, "value", None))
         self.is_known = _known_getter(getattr(config, "known", ()))
+        value = getattr(config, "value", None) or ""
+        self.value_is_address = value == "ip" or value.startswith("ip/")
+        self.daily: bool = getattr(config, "daily", False)
         window = getattr(config, "window", None)
         # a trailing spike baseline needs a long window counter; a daily one counts hours instead
         baseline = getattr(config, "baseline", None) if self.kind == "spike" else None
-        if getattr(config, "daily", False):
+        if self.daily:
             baseline = None
         self.windows: tuple[float | None, float | None] = (
             window,
@@ -287,7 +293,7 @@ class CompiledRule:
             state.counter = WindowCounter(window)
             if long_window is not None:
                 state.long_counter = WindowCounter(long_window)
-            if getattr(self.config, "daily", False):
+            if self.daily:
                 state.hours, state.day_peaks, state.open_slots = {}, {}, []
         return state
 
@@ -330,7 +336,7 @@ class CompiledRule:
             if self.kind in ("threshold", "spike") and state.counter is None:
                 fresh = self.new_state()
                 state.counter, state.long_counter = fresh.counter, fresh.long_counter  # window changed
-            if getattr(self.config, "daily", False) and state.hours is None:
+            if self.daily and state.hours is None:
                 state.hours, state.day_peaks, state.open_slots = {}, {}, []  # was not daily before
             self.groups.put(group, state)
         firing = data.get("firing")
