@@ -141,9 +141,16 @@ class StateStore:
         self._conn = self._open()
 
     def _open(self) -> sqlite3.Connection:
-        reason = self._check_existing()
-        if reason is not None:
-            self._move_aside(*reason)
+        checking: list[sqlite3.Connection] = []
+        try:
+            reason = self._check_existing(checking)
+            if reason is not None:
+                self._move_aside(*reason)
+        finally:
+            # closed only now: closing the last connection may checkpoint and delete `state.db-wal`
+            # by name, which must not happen to the WAL of a file being moved aside
+            for checker in checking:
+                checker.close()
         conn = _connect(self.path, create=True, sync=self._sync)
         try:
             os.chmod(self.path, 0o600)
@@ -163,17 +170,20 @@ class StateStore:
             raise
         return conn
 
-    def _check_existing(self) -> tuple[str, str] | None:
-        """Why the existing file cannot be used (kind, detail), or None when it can (or is absent)."""
+    def _check_existing(self, opened: list[sqlite3.Connection]) -> tuple[str, str] | None:
+        """Why the existing file cannot be used (kind, detail), or None when it can (or is absent).
+        The connection it checks with goes to `opened`, for the caller to close."""
         if not self.path.exists():
             return None
         try:
-            conn = _connect(self.path, create=False, sync=self._sync)
+            conn = sqlite3.connect(self.path.resolve().as_uri() + "?mode=rw", uri=True, isolation_level=None)
         except sqlite3.DatabaseError as exc:
             if _is_damage(exc):
                 return "corrupt", str(exc)
             raise
+        opened.append(conn)
         try:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             rows = conn.execute("PRAGMA quick_check").fetchall()
             if [tuple(r) for r in rows] != [("ok",)]:
                 detail = "; ".join(str(r[0]) for r in rows[:3])
@@ -185,8 +195,6 @@ class StateStore:
             if _is_damage(exc):
                 return "corrupt", str(exc)
             raise
-        finally:
-            conn.close()
         return None
 
     def _move_aside(self, kind: str, detail: str) -> None:
