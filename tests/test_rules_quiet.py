@@ -241,3 +241,13 @@ def test_a_threshold_notified_after_its_cooldown_says_the_current_level(tmp_path
     (late,) = firing(feed(eng, [event(T0 + 560 + i, **denied) for i in range(45)]))
     # the level when the episode began was 5; the notification tells today's (the last minute's)
     assert late.summary.startswith("49 matching requests from ip 203.0.113.7 in 1m (still firing")
+
+
+def test_a_gap_in_the_log_is_silence_the_absent_rule_sees(tmp_path: Path) -> None:
+    """Replay moves the clock with the lines: the line after a quiet day must not hide the day."""
+    eng = engine(tmp_path, "- {name: source-silent, kind: absent, for: 15m, cooldown: 0}")
+    assert feed(eng, [event(T0 + i) for i in range(60)]) == []
+    # a lone line far ahead does not move the clock (a wrong date); the second one does
+    fired, back = feed(eng, [event(T0 + DAY), event(T0 + DAY + 1)])
+    assert (fired.status.value, back.status.value, fired.id) == ("firing", "resolved", back.id)
+    assert fired.summary == "source gateway produced no lines for 23h59m"
