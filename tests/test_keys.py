@@ -260,7 +260,8 @@ def test_events_without_a_header_are_none(reg_a: KeyRegistry) -> None:
         ("bearer xf-WBrciG0k56XwiR809SuB0Q2FKURe0FXO1C86UawWvj4W3sQx", CredentialKind.API_KEY, "finance-bot"),
         ("BEARER   sk-Yn9ggOg8DoIku  ", CredentialKind.API_KEY, "chatbot-prod"),
         ("sk-Yn9ggOg8DoIku", CredentialKind.API_KEY, "chatbot-prod"),  # a bare key
-        ("chatbot-prod", CredentialKind.API_KEY, "chatbot-prod"),  # a Kong/APISIX consumer name
+        # an alias is a name, not a credential: anyone can send it (issue 11)
+        ("chatbot-prod", CredentialKind.OTHER, "unknown"),
         ("Bearer chatbot-prod", CredentialKind.OTHER, "unknown"),  # a token, not a consumer name
         ("Basic dXNlcjpwYXNzd29yZA==", CredentialKind.OTHER, "unknown"),
         ("Token sk-Yn9ggOg8DoIku", CredentialKind.OTHER, "unknown"),
@@ -275,6 +276,19 @@ def test_credential_shapes(reg_a: KeyRegistry, credential: str, kind: Credential
     got = reg_a.resolve(credential, RECORDING_A)
     assert (got.credential, got.key) == (kind, key)
     assert (got.fingerprint is None) == (key != "unknown")
+
+
+def test_an_alias_is_that_key_only_as_a_gateways_consumer_name(reg_a: KeyRegistry) -> None:
+    """`Authorization: chatbot-prod` must not count as chatbot-prod's requests (and fire alerts
+    in its name); Kong's or APISIX's consumer field, where key-auth hid the key, is that key."""
+    assert reg_a.resolve("chatbot-prod", RECORDING_A).key == "unknown"
+    consumer = reg_a.resolve_consumer("chatbot-prod", RECORDING_A)
+    assert (consumer.credential, consumer.key, consumer.state) == (
+        CredentialKind.API_KEY, "chatbot-prod", KeyState.VALID,
+    )  # fmt: skip
+    stranger = reg_a.resolve_consumer("mallory", RECORDING_A)
+    assert (stranger.key, stranger.credential) == ("unknown", CredentialKind.OTHER)
+    assert stranger.fingerprint is not None and "mallory" not in stranger.fingerprint
 
 
 def test_a_jwt_of_an_unknown_user_cannot_mint_a_label(reg_a: KeyRegistry) -> None:

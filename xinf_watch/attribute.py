@@ -87,6 +87,8 @@ class Attributor:
         registry = self.registry()
         if record.key_hint is not None and record.credential is None:
             who: Attribution = registry.resolve_hint(record.key_hint, record.ts)
+        elif record.consumer is not None and record.credential is None:
+            who = registry.resolve_consumer(record.consumer, record.ts)
         else:
             who = registry.resolve(record.credential, record.ts)
         path = normalise_path(record.path)

@@ -11,8 +11,10 @@ Resolving (`KeyRegistry.resolve`, per log line, cached per credential string):
   registry, or a 64-hex SHA-256 that is (gateways that hash), is that key. Otherwise: `sk-`/`xf-`
   tokens and 64-hex are unknown API keys; `eyJ...` tokens are JWTs, attributed to `jwt:<sub>` only
   when `sub` is a known user (so nobody can mint label values), with `exp` checked at the event
-  time and no signature check; a bare value equal to an alias is that key (Kong/APISIX consumer);
-  anything else (`Bearer undefined`, `Basic ...`) is credential other, key unknown.
+  time and no signature check; anything else (`Bearer undefined`, `Basic ...`, an alias: an alias
+  is a name, not a credential) is credential other, key unknown.
+- A gateway's consumer name (Kong, APISIX: `resolve_consumer`, only from the log's consumer field,
+  where key-auth hid the key) equal to an alias is that key.
 - Unknown credentials carry a fingerprint: the first 12 hex of the token's SHA-256 (of a hashed
   credential: its first 12 hex, so raw and hashed logs agree).
 - Key state at `at`: revoked (the entry is revoked, or its owner disabled, and `at` is at or after
@@ -213,7 +215,7 @@ class KeyRegistry:
         return res.at(at).state if res is not None else entry.state_at(at)
 
     def resolve(self, credential: str | None, at: float) -> Attribution:
-        """Attribute an Authorization value (or bare token, hash, consumer name) at time `at`."""
+        """Attribute an Authorization value (or bare token, or hash of one) at time `at`."""
         if not credential:
             return _NONE.states[0]
         res = self._cache.get(credential)
@@ -222,6 +224,14 @@ class KeyRegistry:
             if len(self._cache) >= CACHE_LIMIT:
                 self._cache.clear()
             self._cache[credential] = res
+        return res.states[bisect_right(res.changes, at)] if res.changes else res.states[0]
+
+    def resolve_consumer(self, name: str, at: float) -> Attribution:
+        """Attribute a gateway consumer name (the key the gateway authenticated) at time `at`."""
+        entry = self._by_alias.get(name)
+        if entry is None:
+            return _unknown(CredentialKind.OTHER, _fingerprint(name)).states[0]
+        res = self._res[entry.sha256]
         return res.states[bisect_right(res.changes, at)] if res.changes else res.states[0]
 
     def resolve_hint(self, hint: KeyHint, at: float) -> Attribution:
@@ -251,10 +261,10 @@ class KeyRegistry:
         if len(parts) == 2:
             if parts[0].lower() != "bearer":
                 return _unknown(CredentialKind.OTHER, _fingerprint(value))
-            return self._token(parts[1].strip(), bare=False)
-        return self._token(value, bare=True)
+            return self._token(parts[1].strip())
+        return self._token(value)
 
-    def _token(self, token: str, *, bare: bool) -> _Resolution:
+    def _token(self, token: str) -> _Resolution:
         entry = self._by_sha.get(sha256_hex(token))
         if entry is not None:
             return self._res[entry.sha256]
@@ -266,8 +276,6 @@ class KeyRegistry:
             return _unknown(CredentialKind.API_KEY, _fingerprint(token))
         if token.startswith("eyJ") and "." in token:
             return self._jwt(token)
-        if bare and token in self._by_alias:
-            return self._res[self._by_alias[token].sha256]
         return _unknown(CredentialKind.OTHER, _fingerprint(token))
 
     def _jwt(self, token: str) -> _Resolution:

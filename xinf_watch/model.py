@@ -105,6 +105,7 @@ class Record:
     ip_forwarded: bool = False  # the IP came from a client-supplied X-Forwarded-For
     reason: str | None = None  # why the source says it was denied (audit.log status), if it says
     key_hint: KeyHint | None = None
+    consumer: str | None = None  # a gateway's consumer name (Kong, APISIX), where it hid the key
 
 
 @dataclass(slots=True)

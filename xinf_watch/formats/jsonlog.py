@@ -40,7 +40,8 @@ from xinf_watch.model import LineResult, Record
 
 REQUIRED_FIELDS = ("ts", "ip", "method", "path", "status")
 OPTIONAL_FIELDS = (
-    "request", "credential", "bytes", "duration", "user_agent", "request_id", "reason", "forwarded_for",
+    "request", "credential", "consumer", "bytes", "duration", "user_agent", "request_id", "reason",
+    "forwarded_for",
 )  # fmt: skip
 DURATION_UNITS = MappingProxyType({"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9})
 
@@ -130,8 +131,8 @@ JSON_PRESETS: Mapping[str, JsonPreset] = MappingProxyType(
                 "duration_unit": "ms",
                 "credential": (
                     "request.headers.authorization|request.headers.apikey|request.headers.x-api-key"
-                    "|consumer.username"
                 ),
+                "consumer": "consumer.username",
                 "user_agent": "request.headers.user-agent",
                 "request_id": "response.headers.x-kong-request-id|request.headers.x-request-id",
                 "forwarded_for": "request.headers.x-forwarded-for",
@@ -148,7 +149,8 @@ JSON_PRESETS: Mapping[str, JsonPreset] = MappingProxyType(
                 "bytes": "response.size",
                 "duration": "latency",
                 "duration_unit": "ms",
-                "credential": "request.headers.authorization|request.headers.apikey|consumer.username",
+                "credential": "request.headers.authorization|request.headers.apikey",
+                "consumer": "consumer.username",
                 "user_agent": "request.headers.user-agent",
                 "request_id": "request.headers.x-request-id|response.headers.x-request-id",
                 "forwarded_for": "request.headers.x-forwarded-for",
@@ -278,9 +280,9 @@ def _build_parser(
     ts_text = LastValueCache(parse_any)
     p_ts, p_ip, p_status = paths["ts"], paths["ip"], paths["status"]
     p_method, p_path, p_request = paths.get("method"), paths.get("path"), paths.get("request")
-    p_credential, p_bytes, p_duration, p_user_agent, p_request_id, p_reason = (
+    p_credential, p_consumer, p_bytes, p_duration, p_user_agent, p_request_id, p_reason = (
         paths.get(field)
-        for field in ("credential", "bytes", "duration", "user_agent", "request_id", "reason")
+        for field in ("credential", "consumer", "bytes", "duration", "user_agent", "request_id", "reason")
     )
 
     def timestamp(value: Any) -> float | None:
@@ -337,6 +339,7 @@ def _build_parser(
             user_agent=_optional_text(resolve(obj, p_user_agent)) if p_user_agent else None,
             request_id=_optional_text(resolve(obj, p_request_id)) if p_request_id else None,
             reason=_optional_text(resolve(obj, p_reason)) if p_reason else None,
+            consumer=_optional_text(resolve(obj, p_consumer)) if p_consumer else None,
         )
 
     return parse
