@@ -8,6 +8,7 @@ The engine splits a filter into its few-valued fields (`admits`) and the rest
 
 from __future__ import annotations
 
+from ipaddress import ip_network
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from ruletools import T0, event, load_rules
 
-from xinf_watch.filters import INDEXED, admits, compile_filter, parse_ip, subnet_of
-from xinf_watch.model import CredentialKind, Event, KeyState, Outcome
+from xinf_watch.addresses import parse_ip
+from xinf_watch.attribute import Attributor
+from xinf_watch.filters import INDEXED, admits, compile_filter, subnet_of
+from xinf_watch.keys import KeyEntry, KeyRegistry, sha256_hex
+from xinf_watch.model import CredentialKind, Event, KeyState, Outcome, Record
+from xinf_watch.scopes import load_scope_map
 
 NETWORKS = """
 office: [10.1.0.0/16, "2001:db8:1::/48"]
@@ -234,3 +239,18 @@ def test_index_split_agrees_with_the_whole_filter(filter_rules: Any, events: lis
         for e in events:
             index = tuple(getattr(e, f) for f in INDEXED)
             assert whole(e) == (admits(rule.when, index) and rest(e)), (rule.when, e)
+
+
+def test_allowed_ips_and_ip_filters_agree_on_ipv4_mapped_ipv6(tmp_path: Path) -> None:
+    """Dual-stack nginx logs IPv4 clients as ::ffff:a.b.c.d: inside allowed_ips 10.0.0.0/8 is
+    inside, for attribution (ip_allowed) as for the `ip` filter (issue 11)."""
+    entry = KeyEntry("svc", "ops", frozenset({"models:list"}), None, None, False,
+                     (ip_network("10.0.0.0/8"),), sha256_hex("sk-AAAAAAAAAAAAA"), None)  # fmt: skip
+    registry = KeyRegistry([entry])
+    attributor = Attributor("gateway", lambda: registry, load_scope_map())
+    credential = "Bearer sk-AAAAAAAAAAAAA"
+    inside = attributor.attribute(Record(T0, "::ffff:10.1.2.3", "GET", "/v1/models", 200, credential))
+    assert (inside.key, inside.ip_allowed) == ("svc", True)
+    outside = attributor.attribute(Record(T0, "::ffff:192.0.2.1", "GET", "/v1/models", 200, credential))
+    assert outside.ip_allowed is False
+    assert matches(tmp_path, "{ip: 10.0.0.0/8}", inside, outside) == [True, False]

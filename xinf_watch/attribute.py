@@ -11,9 +11,9 @@ use also says what refuses it (`scope_denied_by`: its permissions, or advanced a
 from __future__ import annotations
 
 from collections.abc import Callable
-from ipaddress import IPv4Address, IPv6Address, ip_address
 from urllib.parse import unquote
 
+from xinf_watch.addresses import parse_ip
 from xinf_watch.keys import Attribution, KeyRegistry
 from xinf_watch.model import CredentialKind, Event, KeyState, Outcome, Record, ScopeDenial
 from xinf_watch.scopes import ScopeMap
@@ -32,13 +32,6 @@ def normalise_path(path: str) -> str:
     if "%" in path:
         path = unquote(path, errors="replace")
     return path[:MAX_PATH]
-
-
-def _parse_ip(text: str) -> IPv4Address | IPv6Address | None:
-    try:
-        return ip_address(text)
-    except ValueError:
-        return None
 
 
 def reason_from_status(
@@ -107,7 +100,7 @@ class Attributor:
             )
         ip_allowed = None
         if who.allowed_ips:
-            addr = _parse_ip(record.ip)
+            addr = parse_ip(record.ip)
             ip_allowed = addr is not None and any(addr in net for net in who.allowed_ips)
         return Event(
             ts=record.ts,

@@ -20,9 +20,10 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Sequence
 from fnmatch import translate
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import Any
 
+from xinf_watch.addresses import parse_ip
 from xinf_watch.model import Event
 
 Predicate = Callable[[Event], bool]
@@ -32,32 +33,13 @@ Network = IPv4Network | IPv6Network
 INDEXED = ("credential", "key_state", "outcome", "scope_allowed", "ip_allowed", "ip_forwarded")
 _BOOLEANS = frozenset({"scope_allowed", "ip_allowed", "ip_forwarded"})
 
-_IP_CACHE: dict[str, IPv4Address | IPv6Address | None] = {}
-_IP_CACHE_MAX = 16384  # addresses; beyond, a flood of new ones: start over
-
-
-def parse_ip(text: str) -> IPv4Address | IPv6Address | None:
-    """The address in `text`; an IPv4-mapped IPv6 address is returned as its IPv4 address."""
-    addr = _IP_CACHE.get(text, False)
-    if addr is False:
-        if len(_IP_CACHE) >= _IP_CACHE_MAX:
-            _IP_CACHE.clear()  # attacker-sized input: start over rather than grow
-        try:
-            addr = ip_address(text)
-        except ValueError:
-            addr = None
-        if isinstance(addr, IPv6Address) and addr.ipv4_mapped is not None:
-            addr = addr.ipv4_mapped
-        _IP_CACHE[text] = addr
-    return addr  # type: ignore[return-value]
-
-
 def ip_in(text: str, networks: Iterable[Network]) -> bool:
     addr = parse_ip(text)
     return addr is not None and any(addr in net for net in networks)
 
 
 _SUBNET_CACHE: dict[tuple[str, int], str] = {}
+_SUBNET_CACHE_MAX = 16384
 
 
 def subnet_of(text: str, prefix: int) -> str:
@@ -68,7 +50,7 @@ def subnet_of(text: str, prefix: int) -> str:
     cached = _SUBNET_CACHE.get((text, prefix))
     if cached is not None:
         return cached
-    if len(_SUBNET_CACHE) >= _IP_CACHE_MAX:
+    if len(_SUBNET_CACHE) >= _SUBNET_CACHE_MAX:
         _SUBNET_CACHE.clear()
     addr = parse_ip(text)
     if addr is None:
