@@ -50,6 +50,7 @@ import yaml
 from xinf_watch.authdb import SQLITE_MAGIC, AuthDbError, read_auth_db
 from xinf_watch.keydates import DisabledSince
 from xinf_watch.keys import IPNetwork, KeyEntry, KeyRegistry, UserEntry, sha256_hex
+from xinf_watch.yamlsafe import compose
 
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 _KEYLIKE = re.compile(r"(?:sk-|xf-|eyJ)[A-Za-z0-9]|[0-9a-fA-F]{32}")
@@ -333,9 +334,9 @@ def _load_auth_db(path: Path) -> tuple[list[_Contribution], list[UserEntry]]:
 
 
 def _parse_yaml(path: Path, text: str) -> tuple[_Doc, Any]:
-    loader = yaml.SafeLoader(text)
+    loader: yaml.SafeLoader | None = None
     try:
-        node = loader.get_single_node()
+        node, loader = compose(text)
         doc = loader.construct_document(node) if node is not None else None
     except yaml.MarkedYAMLError as e:
         # Only the problem and its line: the exception's own text quotes the file, keys included.
@@ -349,7 +350,8 @@ def _parse_yaml(path: Path, text: str) -> tuple[_Doc, Any]:
     except yaml.YAMLError as e:
         raise KeyFileError(path, f"invalid YAML ({type(e).__name__})") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return _Doc(path, node), doc
 
 

@@ -26,6 +26,8 @@ from typing import Any
 
 import yaml
 
+from xinf_watch.yamlsafe import compose
+
 Loc = tuple[str | int, ...]
 
 
@@ -95,9 +97,9 @@ def load_document(path: Path, name: str) -> Document:
         raise ConfigError([f"{name}: cannot read: not UTF-8 text ({exc.reason})"]) from None
     except OSError as exc:
         raise ConfigError([f"{name}: cannot read: {exc.strerror or exc}"]) from None
-    loader = yaml.SafeLoader(text)
+    loader: yaml.SafeLoader | None = None
     try:
-        node = loader.get_single_node()
+        node, loader = compose(text)
         doc = Document(name, None)
         if node is not None:
             doc.lines[()] = node.start_mark.line + 1
@@ -114,7 +116,8 @@ def load_document(path: Path, name: str) -> Document:
     except yaml.YAMLError as exc:
         raise ConfigError([f"{name}:1: (yaml): {exc} (expected valid YAML syntax)"]) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def _build(node: yaml.Node, loc: Loc, doc: Document, loader: yaml.SafeLoader) -> Any:
