@@ -84,7 +84,6 @@ def test_shipped_rules_catch_every_incident(
     assert [m["id"] for m in result.missed] == []
 
 
-@pytest.mark.xfail(strict=True, reason="shipped rules not tuned yet (issue 8)")
 def test_shipped_rules_stay_within_the_false_alert_budget(
     sim: Simulation, replayed: tuple[Path, list[dict[str, Any]]]
 ) -> None:
