@@ -89,11 +89,11 @@ def test_match_fires_on_the_first_hit_then_reports_the_cooldown_hits_when_it_end
     assert (second.count, second.first_ts, second.last_ts) == (3, T0 + 60, T0 + 599)
     assert second.summary.startswith("3 more such requests since the alert at 2026-11-28T07:06:00Z, ")
     assert second.id != first.id
-    # ...and that notification starts a new cooldown, which holds this line back in turn
-    assert eng.advance(T0 + 1200) == []
-    (third,) = eng.advance(T0 + 1202)
+    # ...as of the cooldown's end (T0 + 600), which starts a new one that holds this line back
+    assert eng.advance(T0 + 1199) == []
+    (third,) = eng.advance(T0 + 1201)
     assert (third.count, third.first_ts) == (1, T0 + 601)
-    assert third.summary.startswith("1 more such request since the alert at 2026-11-28T07:16:01Z, ")
+    assert third.summary.startswith("1 more such request since the alert at 2026-11-28T07:16:00Z, ")
 
 
 def test_match_cooldown_is_per_group(tmp_path: Path) -> None:

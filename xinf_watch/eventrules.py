@@ -61,7 +61,9 @@ def flush_held(rule: CompiledRule, now: float) -> list[Alert]:
             continue
         ep = state.episode
         since = state.last_notified
-        state.last_notified, ep.started = now, ep.last_ts
+        # told when the cooldown ended, as the live daemon's timer tells them (a replay may only
+        # get here with the next line, a day later: that line must not fall in a new cooldown)
+        state.last_notified, ep.started = since + rule.cooldown, ep.last_ts
         more = "1 more such request" if ep.count == 1 else f"{ep.count} more such requests"
         summary = f"{more} since the alert at {format_ts(since)}, the latest: {ep.summary}"
         out.append(make_alert(rule, AlertStatus.FIRING, group, ep, summary))
