@@ -12,6 +12,8 @@ signature appear.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -216,3 +218,38 @@ def test_key_file_errors_never_show_a_key(
         assert (code, out) == (2, ""), argv
         assert err.startswith(f"{keys}"), err  # the message names the key file...
         assert SECRETS.found_in(err) == [], err  # ...but never the key
+
+
+def test_metric_series_stay_bounded_whatever_an_attacker_sends(tmp_path: Path) -> None:
+    """50,000 requests, each with its own forged key, address, path, method and user agent:
+    the exposition keeps a handful of series (labels: alias/unknown/none, route scopes, outcomes)."""
+    import random
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    rng = random.Random(11)
+    lines = []
+    for n in range(50_000):
+        ip = f"{rng.randrange(1, 224)}.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}"
+        key = "sk-" + "".join(rng.choice("abcdefghijklmnopqrstuvwxyzABCDEFGHIJ0123456789") for _ in range(13))
+        method = rng.choice(["GET", "POST", "PUT", "DELETE", "PATCH", f"X{n}"])
+        path = rng.choice(["/v1/models/", "/v1/", "/", "/admin/", "/ui/"]) + f"{n:x}?q={n}"
+        credential = rng.choice([f"Bearer {key}", key, f"Basic {key}", "-", f"Bearer eyJ{key}.e30.x"])
+        lines.append(
+            f'{ip} - - [28/Nov/2026:07:{n // 1000 % 60:02d}:{n % 60:02d} +0000] "{method} {path} HTTP/1.1" '
+            f'{rng.choice([200, 401, 403, 404, 429, 500])} 12 "-" "agent-{n}" "{credential}" 0.010'
+        )
+    log = tmp_path / "access.log"
+    log.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    metrics = tmp_path / "metrics.prom"
+    done = subprocess.run(
+        [sys.executable, "-m", "xinf_watch", "replay", "--format", "nginx", "--metrics-out", str(metrics), str(log)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    series = {f.name: len(f.samples) for f in text_string_to_metric_families(metrics.read_text())}
+    requests = series["xinf_requests"]
+    assert requests <= 6 * 20 * 5, series  # keys (unknown/none/other) x scopes x outcomes, at most
+    assert sum(series.values()) < 2_000, series
+    text = metrics.read_text()
+    assert "agent-" not in text and "?q=" not in text and "sk-" not in text
