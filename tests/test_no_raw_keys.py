@@ -12,9 +12,9 @@ signature appear.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -243,7 +243,8 @@ def test_metric_series_stay_bounded_whatever_an_attacker_sends(tmp_path: Path) -
     log.write_text("\n".join(lines) + "\n", encoding="utf-8")
     metrics = tmp_path / "metrics.prom"
     done = subprocess.run(
-        [sys.executable, "-m", "xinf_watch", "replay", "--format", "nginx", "--metrics-out", str(metrics), str(log)],
+        [sys.executable, "-m", "xinf_watch", "replay", "--format", "nginx", "--metrics-out", str(metrics),
+         str(log)],
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
