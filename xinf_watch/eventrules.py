@@ -294,7 +294,19 @@ def _expected_daily(state: GroupState, cfg: Any, now: float) -> float | None:
     """What the group usually does in one window at this time of day, by its own history: the
     busiest of the previous days in the same hour (one hour either side, for jobs that drift),
     and, so that its own bursts at other hours (a CI run, a nightly batch) are not news, half its
-    busiest window in `baseline` over `factor`. None: less than a day of history."""
+    busiest window in `baseline` over `factor`. None: less than a day of history.
+
+    Computed once per window: the peaks change only when a window closes, and the hours it reads
+    are of previous days (an hour that starts inside a window longer than it shows at the next)."""
+    window_number = int(now // cfg.window)
+    if state.expected_memo[0] == window_number:
+        return state.expected_memo[1]
+    expected = _expected_daily_now(state, cfg, now)
+    state.expected_memo = (window_number, expected)
+    return expected
+
+
+def _expected_daily_now(state: GroupState, cfg: Any, now: float) -> float | None:
     assert state.hours is not None and state.day_peaks is not None and state.first_seen is not None
     if now - state.first_seen < 86400:
         return None

@@ -76,6 +76,9 @@ class GroupState:
     hours: dict[int, int] | None = None
     day_peaks: dict[int, int] | None = None
     open_slots: list[list[int]] | None = None
+    # ...and what it expects in the current window (window number, expected): unchanged within a
+    # window, so computed once per window, not per event; derived, never saved
+    expected_memo: tuple[int, float | None] = (-1, None)
 
 
 @contextmanager
