@@ -48,10 +48,13 @@ class Request:
 
 
 class HTTPReceiver:
-    """Records every POST; `stop()` then `start()` brings it back on the same port (an outage)."""
+    """Records every POST; `stop()` then `start()` brings it back on the same port (an outage).
+    `delay`: seconds it takes to answer (a slow receiver); `reply`: the body of its answers."""
 
-    def __init__(self, status: int = 200) -> None:
+    def __init__(self, status: int = 200, *, delay: float = 0.0, reply: bytes = b"") -> None:
         self.status = status
+        self.delay = delay
+        self.reply = reply
         self.requests: list[Request] = []
         self.port = 0
         self._server: ThreadingHTTPServer | None = None
@@ -64,9 +67,11 @@ class HTTPReceiver:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 receiver.requests.append(Request(self.path, dict(self.headers), body, time.monotonic()))
+                time.sleep(receiver.delay)
                 self.send_response(receiver.status)
-                self.send_header("Content-Length", "0")
+                self.send_header("Content-Length", str(len(receiver.reply)))
                 self.end_headers()
+                self.wfile.write(receiver.reply)
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass

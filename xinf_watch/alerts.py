@@ -11,7 +11,11 @@ Rules:
   never holds back another group: a critical rule is not delayed by a flood of warnings. Which
   groups are held is the sender's memory only: after a restart the pending rows of a group go out
   together at once.
-- Delivery is at least once, in order per group (so a resolution never overtakes its firing): a
+- Each URL (or apprise config file) of a notify group is a target of its own, `ops[1]`, `ops[2]`
+  (`targets_for`): its own queue in the outbox, its own backoff, and, in the daemon, its own lane
+  thread (`Lanes`), so a dead or slow URL delays only itself. One send is bounded by apprise's
+  timeouts (4 s to connect, 4 s between reads by default; `?cto=` / `?rto=` in the URL).
+- Delivery is at least once, in order per target (so a resolution never overtakes its firing): a
   `Deliverer` takes due rows from the durable outbox (`state.Outbox`), sends, and marks each
   delivered or failed (exponential backoff). A failed row holds back the later rows of its own
   target, never another target. Only a crash between a send and its `delivered` mark can repeat a
@@ -23,7 +27,10 @@ Rules:
 - An apprise group remembers (in memory) which of its URLs already took an alert, so a retry after a
   partial failure goes only to the URLs that failed.
 - apprise's logger is silenced (it may name URLs, and URLs carry tokens): its warnings are kept per
-  send, with anything URL-shaped blanked, and become the text of the `DeliveryError`.
+  send, with anything URL-shaped blanked, and become the text of the `DeliveryError`. The loggers
+  of urllib3 and requests (request lines with a URL's path and query) never reach a handler.
+- Text for people (titles, bodies, Alertmanager's labels and summary, error texts) goes through
+  `visible.visible`: a path or an error body cannot forge a line or hide text.
 - Alertmanager (as Prometheus does it): every post of a firing alert carries `endsAt = now +
   RESEND_FACTOR x resend_interval`, and the `Refresher` posts the firing set (state.py) again every
   `resend_interval`, so Alertmanager keeps an alert active exactly as long as xinf-watch does; a
@@ -38,6 +45,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import contextvars
+import functools
 import logging
 import os
 import re
@@ -61,6 +70,7 @@ from apprise.manager_plugins import NotificationManager
 
 from xinf_watch.model import Alert, format_ts
 from xinf_watch.state import Outbox, OutboxItem
+from xinf_watch.visible import visible, visible_json
 
 ALERTMANAGER = "alertmanager"  # the target name of the Alertmanager, beside the notify group names
 IDLE_WAIT = 60.0  # seconds the sender sleeps when nothing is pending (a commit wakes it sooner)
@@ -70,6 +80,7 @@ AM_BATCH = 500  # alerts in one Alertmanager POST, at most
 RESEND_FACTOR = 4  # a firing alert's endsAt is this many resend intervals ahead (Prometheus: 4)
 ONE_OFF_KINDS = frozenset({"match", "new_value"})  # rule kinds whose alerts never resolve: one event each
 DEFAULT_EVENT_TTL = 3600.0  # how long a one-off alert stays active in Alertmanager (alertmanager.event_ttl)
+LANE_GRACE = 4.0  # seconds a stopping sender waits for the sends in progress (the daemon waits 5)
 KEEP_DELIVERED = 7 * 86400.0  # delivered outbox rows are kept this long for de-duplication
 _LABEL_BAD = re.compile(r"[^a-zA-Z0-9_]")
 _URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://\S*")
@@ -96,27 +107,30 @@ class Target(Protocol):
 
 
 def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    print(visible(message), file=sys.stderr, flush=True)
 
 
 # -- text ----------------------------------------------------------------------------------------
 
 
 def notification_text(alert: dict[str, Any]) -> tuple[str, str]:
-    """A title and body for people, the body ending with the alert JSON on its own line."""
-    rule, status = str(alert.get("rule", "?")), str(alert.get("status", "firing"))
-    severity, summary = str(alert.get("severity", "")), str(alert.get("summary", ""))
+    """A title and body for people, the body ending with the alert JSON on its own line. Every
+    value is shown through `visible`: a path or user agent cannot add a line or hide text."""
+    rule, status = visible(alert.get("rule", "?")), visible(alert.get("status", "firing"))
+    severity, summary = visible(alert.get("severity", "")), visible(alert.get("summary", ""))
     title = f"[{status.upper()}] {rule} ({severity}): {summary}"
-    lines = [f"{rule} is {status.upper()} ({severity}, {alert.get('kind', '?')} rule)", summary, ""]
+    lines = [f"{rule} is {status.upper()} ({severity}, {visible(alert.get('kind', '?'))} rule)", summary, ""]
     group = alert.get("group") or {}
     details: list[tuple[str, Any]] = [("key", alert.get("key"))]
     details += [(str(k), v) for k, v in group.items() if k != "key" or v != alert.get("key")]
     details += [("count", alert.get("count")), ("from", alert.get("first_ts")), ("to", alert.get("last_ts")),
                 ("source", alert.get("source"))]  # fmt: skip
     details += [(k, v) for k, v in alert.items() if k not in _STANDARD]
-    width = max(len(k) for k, _ in details) + 1
-    lines += [f"{k + ':':<{width}} {v}" for k, v in details if v is not None]
-    lines += [f"{'id:':<{width}} {alert.get('id')}", "", orjson.dumps(alert).decode()]
+    shown = [(visible(k) + ":", visible(v)) for k, v in details if v is not None]
+    shown.append(("id:", visible(alert.get("id"))))
+    width = max(len(k) for k, _ in shown)
+    lines += [f"{k:<{width}} {v}" for k, v in shown]
+    lines += ["", visible_json(alert)]
     return title, "\n".join(lines)
 
 
@@ -126,17 +140,18 @@ def group_text(alerts: Sequence[dict[str, Any]]) -> tuple[str, str]:
     if len(alerts) == 1:
         return notification_text(alerts[0])
     first = alerts[0]
-    rule, severity = str(first.get("rule", "?")), str(first.get("severity", ""))
+    rule, severity = visible(first.get("rule", "?")), visible(first.get("severity", ""))
     resolved = sum(a.get("status") == "resolved" for a in alerts)
     firing = len(alerts) - resolved
     counts = ", ".join(f"{n} {what}" for n, what in ((firing, "firing"), (resolved, "resolved")) if n)
     title = f"[{'FIRING' if firing else 'RESOLVED'}] {rule} ({severity}): {len(alerts)} alerts ({counts})"
-    lines = [f"{rule}: {len(alerts)} alerts, {counts} ({severity}, {first.get('kind', '?')} rule)", ""]
+    kind = visible(first.get("kind", "?"))
+    lines = [f"{rule}: {len(alerts)} alerts, {counts} ({severity}, {kind} rule)", ""]
     for a in alerts:
-        summary = " ".join(str(a.get("summary", "")).split())  # one line each, whatever the summary holds
-        lines.append(f"{a.get('last_ts')} {str(a.get('status', 'firing')).upper()}: {summary}")
+        status = visible(a.get("status", "firing")).upper()
+        lines.append(f"{visible(a.get('last_ts'))} {status}: {visible(a.get('summary', ''))}")
     lines.append("")
-    lines += [orjson.dumps(a).decode() for a in alerts]
+    lines += [visible_json(a) for a in alerts]
     return title, "\n".join(lines)
 
 
@@ -148,33 +163,35 @@ def alerts_in(body: str) -> list[dict[str, Any]]:
 # -- apprise ------------------------------------------------------------------------------------
 
 
+_CAPTURE: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("apprise_capture", default=None)
+
+
 class _AppriseLog(logging.Handler):
     """Keeps apprise's warnings for the send in progress; nothing reaches stderr.
 
-    apprise may log from its own worker threads, so the capture is process-wide: one send at a time.
+    The capture is per send (a context variable), so sends to several URLs may run at once (lanes):
+    apprise runs its worker threads in a copy of the caller's context.
     """
 
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
-        self._sending = threading.Lock()
-        self._lines: list[str] | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
-        lines = self._lines
+        lines = _CAPTURE.get()
         if lines is not None and len(lines) < 5:
             try:
-                lines.append(_URL.sub("<url>", record.getMessage()))
+                lines.append(visible(_URL.sub("<url>", record.getMessage())))
             except Exception:  # a malformed apprise log call must not fail a delivery
                 lines.append(record.levelname)
 
     @contextmanager
     def capture(self) -> Iterator[list[str]]:
-        with self._sending:
-            self._lines = lines = list[str]()
-            try:
-                yield lines
-            finally:
-                self._lines = None
+        lines = list[str]()
+        token = _CAPTURE.set(lines)
+        try:
+            yield lines
+        finally:
+            _CAPTURE.reset(token)
 
 
 def _apprise_log() -> _AppriseLog:
@@ -186,6 +203,12 @@ def _apprise_log() -> _AppriseLog:
     logger.addHandler(handler)
     logger.setLevel(logging.WARNING)  # no debug records: they carry payloads and URLs
     logger.propagate = False
+    # the HTTP libraries under apprise log request lines (a URL's path and query: its tokens), at
+    # any level; what they would say of a failure, apprise says without the URL
+    for name in ("urllib3", "requests"):
+        lib = logging.getLogger(name)
+        lib.addHandler(logging.NullHandler())
+        lib.propagate = False
     return handler
 
 
@@ -210,7 +233,8 @@ class AppriseTarget:
         self.problems: list[str] = []  # entries that could not be loaded: each send fails on them
         for n, entry in enumerate(entries, 1):
             is_url = "://" in entry
-            label = f"{name}[{n}] ({entry.partition('://')[0] + '://' if is_url else entry})"
+            where = entry.partition("://")[0] + "://" if is_url else entry
+            label = f"{name}[{n}] ({where})" if len(entries) > 1 else f"{name} ({where})"
             if not is_url and not Path(entry).is_file():
                 self.problems.append(f"{label}: no such file (expected an apprise URL or config file)")
                 continue
@@ -254,7 +278,7 @@ class AppriseTarget:
             self._done.update(done)
             while len(self._done) > 5000:
                 self._done.popitem(last=False)
-            raise DeliveryError(f"notify group {self.name!r}: " + " | ".join(failures))
+            raise DeliveryError(f"notify group {group_of(self.name)!r}: " + " | ".join(failures))
 
 
 # -- Alertmanager -------------------------------------------------------------------------------
@@ -299,8 +323,10 @@ def alertmanager_alert(
         labels[name] = value
     out: dict[str, Any] = {
         # an empty label is no label in Alertmanager, so absent values are left out
-        "labels": {k: str(v) for k, v in labels.items() if v is not None and str(v) != ""},
-        "annotations": {"summary": str(alert.get("summary", "")), "alert": orjson.dumps(alert).decode()},
+        # labels and summary are what Alertmanager's notifications show: escaped (`visible`); the
+        # `alert` annotation carries the exact data as JSON
+        "labels": {k: visible(v) for k, v in labels.items() if v is not None and str(v) != ""},
+        "annotations": {"summary": visible(alert.get("summary", "")), "alert": orjson.dumps(alert).decode()},
         "startsAt": alert.get("first_ts"),
         "endsAt": format_ts(ends_at(alert, now, hold, event_ttl)),
     }
@@ -353,22 +379,35 @@ class AlertmanagerTarget:
             with urllib.request.urlopen(request, timeout=self._timeout) as response:
                 response.read()
         except HTTPError as exc:
-            detail = exc.read(300).decode("utf-8", "replace").strip()
+            detail = visible(exc.read(300).decode("utf-8", "replace").strip())
             raise DeliveryError(f"alertmanager at {self._where}: HTTP {exc.code}: {detail}") from None
         except URLError as exc:
-            raise DeliveryError(f"alertmanager at {self._where}: {exc.reason}") from None
+            raise DeliveryError(f"alertmanager at {self._where}: {visible(exc.reason)}") from None
         except (OSError, ValueError) as exc:  # timeouts, resets, a malformed response
-            raise DeliveryError(f"alertmanager at {self._where}: {type(exc).__name__}: {exc}") from None
+            why = f"{type(exc).__name__}: {visible(exc)}"
+            raise DeliveryError(f"alertmanager at {self._where}: {why}") from None
 
 
 # -- routing and the sender ---------------------------------------------------------------------
 
 
+def entry_target(group: str, n: int) -> str:
+    """The target name of the `n`th (from 1) URL or config file of a notify group: `ops[2]`."""
+    return f"{group}[{n}]"
+
+
+def group_of(target: str) -> str:
+    """The notify group (or `alertmanager`) a target name belongs to (group names have no `[`)."""
+    return target.partition("[")[0]
+
+
 def targets_for(
     rule_notify: Sequence[str], notify_groups: Mapping[str, Sequence[str]], alertmanager_url: str | None
 ) -> list[str]:
-    """The target names an alert of a rule goes to: its notify groups, then Alertmanager (all alerts)."""
-    names = list(dict.fromkeys(g for g in rule_notify if g in notify_groups))
+    """The target names an alert of a rule goes to: each entry of its notify groups (a queue of its
+    own), then Alertmanager (all alerts)."""
+    groups = dict.fromkeys(g for g in rule_notify if g in notify_groups)
+    names = [entry_target(g, n) for g in groups for n in range(1, len(notify_groups[g]) + 1)]
     if alertmanager_url:
         names.append(ALERTMANAGER)
     return names
@@ -384,9 +423,12 @@ def build_targets(
 ) -> dict[str, Target]:
     if alertmanager_url and ALERTMANAGER in notify_groups:
         raise ValueError(f"a notify group may not be called {ALERTMANAGER!r} when alertmanager is configured")
-    targets: dict[str, Target] = {
-        name: AppriseTarget(name, urls, group_interval) for name, urls in notify_groups.items()
-    }
+    targets: dict[str, Target] = {}
+    for name, entries in notify_groups.items():
+        for n, entry in enumerate(entries, 1):
+            targets[entry_target(name, n)] = AppriseTarget(entry_target(name, n), [entry], group_interval)
+        # the rows an earlier release queued per group (all its URLs in one row) still go out
+        targets[name] = AppriseTarget(name, entries, group_interval)
     if alertmanager_url:
         targets[ALERTMANAGER] = AlertmanagerTarget(
             alertmanager_url, resend_interval=resend_interval, event_ttl=event_ttl
@@ -479,6 +521,8 @@ class Deliverer:
         self._missing_reported: set[str] = set()
         self._attempted = 0
         self._told_at: dict[tuple[str, str], float] = {}  # (target, group) -> its last message
+        self._told_lock = threading.Lock()  # lanes write `_told_at`, the loop reads it
+        self._lanes: Lanes | None = None
 
     def set_targets(self, targets: Mapping[str, Target]) -> None:
         """Swap in the targets of a reloaded config (one reference swap)."""
@@ -490,13 +534,14 @@ class Deliverer:
     def holding(self, now: float) -> dict[tuple[str, str], float]:
         """The groups inside their group interval: (target, group) -> when they may speak again."""
         out: dict[tuple[str, str], float] = {}
-        for (name, group), told in list(self._told_at.items()):
-            target = self._targets.get(name)
-            release = told + (target.group_interval if target is not None else 0.0)
-            if release > now:
-                out[(name, group)] = release
-            else:
-                del self._told_at[(name, group)]
+        with self._told_lock:
+            for (name, group), told in list(self._told_at.items()):
+                target = self._targets.get(name)
+                release = told + (target.group_interval if target is not None else 0.0)
+                if release > now:
+                    out[(name, group)] = release
+                else:
+                    del self._told_at[(name, group)]
         return out
 
     def _batches(self, items: Sequence[OutboxItem]) -> list[tuple[str, list[OutboxItem]]]:
@@ -518,41 +563,55 @@ class Deliverer:
         return batches
 
     def deliver_due(self, stop: threading.Event | None = None) -> int:
-        """One pass over the due rows, `PASS_LIMIT` at a time; returns how many were delivered.
-        The groups held back are those held when the pass began: a group that speaks in this pass
-        says all it has, however many messages that takes."""
+        """One pass: each target with due rows says what it has (see `_deliver_target`). Without
+        lanes the targets are served here, one after the other, and the count delivered is
+        returned; with lanes (`run(lanes=True)`) each goes to its own lane thread, and 0 is returned."""
         self._attempted = 0
         now = self._now()
         skip = self.holding(now)
-        sent, held = 0, set[str]()
+        busy = self._lanes.busy() if self._lanes is not None else set[str]()
+        names = self._outbox.due_targets(now, only=self._only, besides=self._besides, skip=skip, exclude=busy)
+        sent = 0
+        for name in names:
+            if stop is not None and stop.is_set():
+                break
+            self._attempted += 1
+            if self._lanes is None:
+                sent += self._deliver_target(name, now, skip, stop)
+            else:
+                self._lanes.start(name, functools.partial(self._deliver_target, name, now, skip, stop))
+        return sent
+
+    def _deliver_target(
+        self, name: str, now: float, skip: Mapping[tuple[str, str], float], stop: threading.Event | None
+    ) -> int:
+        """The due rows of one target, `PASS_LIMIT` at a time, until one fails; returns how many
+        were delivered. The groups held back are those held when the pass began: a group that
+        speaks in this pass says all it has, however many messages that takes."""
+        sent = 0
         for _ in range(100):  # a bound, not a limit: a failed target's rows are not due again
-            items = self._outbox.due(now, PASS_LIMIT, only=self._only, besides=self._besides, skip=skip)
-            sent += self._send(items, now, held, stop)
-            if len(items) < PASS_LIMIT or (stop is not None and stop.is_set()):
+            items = self._outbox.due(now, PASS_LIMIT, only=name, skip=skip)
+            delivered, failed = self._send(items, stop)
+            sent += delivered
+            if failed or len(items) < PASS_LIMIT or (stop is not None and stop.is_set()):
                 break
         return sent
 
-    def _send(
-        self, items: Sequence[OutboxItem], now: float, held: set[str], stop: threading.Event | None
-    ) -> int:
-        """Send `items` as messages; a target that fails joins `held` and is not tried again."""
-        targets, sent = self._targets, 0
+    def _send(self, items: Sequence[OutboxItem], stop: threading.Event | None) -> tuple[int, bool]:
+        """Send `items` (one target's) as messages, in order, until one fails: (delivered, failed)."""
+        sent = 0
         for name, batch in self._batches(items):
             if stop is not None and stop.is_set():
                 break
-            if name in held:  # the target just failed: its later rows wait for the retry
-                continue
-            self._attempted += 1
-            target = targets.get(name)
+            target = self._targets.get(name)
             try:
                 if target is None:
                     raise DeliveryError(f"no target named {name!r} in the current config")
                 target.send([item.alert for item in batch])
             except Exception as exc:
-                held.add(name)
                 error = str(exc) if isinstance(exc, DeliveryError) else f"{type(exc).__name__}: {exc}"
                 self._outbox.failed([item.id for item in batch], self._now(), error)
-                self._on_result(name, False, len(batch))
+                self._on_result(group_of(name), False, len(batch))
                 quiet = target is None and name in self._missing_reported
                 if target is None:
                     self._missing_reported.add(name)
@@ -560,21 +619,24 @@ class Deliverer:
                     what = f"{len(batch)} alerts" if len(batch) > 1 else "an alert"
                     self._log(f"xinf-watch: delivery of {what} to {name} failed (attempt"
                               f" {batch[0].attempts + 1}, will retry): {error}")  # fmt: skip
-            else:
-                done = self._now()
-                for item in batch:
-                    self._outbox.delivered(item.id, done)
-                self._on_result(name, True, len(batch))
-                if target.group_interval > 0:
+                return sent, True  # its later rows wait for the retry
+            done = self._now()
+            for item in batch:
+                self._outbox.delivered(item.id, done)
+            self._on_result(group_of(name), True, len(batch))
+            if target.group_interval > 0:
+                with self._told_lock:
                     for item in batch:
-                        self._told_at[(name, item.group)] = now
-                sent += len(batch)
-        return sent
+                        self._told_at[(name, item.group)] = done
+            sent += len(batch)
+        return sent, False
 
     def next_wake(self, now: float) -> float:
-        """When a pass may have something to do: a retry, a group's interval ending, a re-send."""
+        """When a pass may have something to do: a retry, a group's interval ending, a re-send
+        (a target whose lane is busy wakes the sender when it is done)."""
         holding = self.holding(now)
-        due = self._outbox.next_due(only=self._only, besides=self._besides, skip=holding)
+        busy = self._lanes.busy() if self._lanes is not None else set[str]()
+        due = self._outbox.next_due(only=self._only, besides=self._besides, skip=holding, exclude=busy)
         times = [now + IDLE_WAIT, *holding.values()]
         if due is not None:
             times.append(due)
@@ -582,8 +644,11 @@ class Deliverer:
             times.append(self._refresher.next_at)
         return min(times)
 
-    def run(self, stop: threading.Event, wake: threading.Event) -> None:
-        """Deliver until `stop` is set. Set `wake` after a commit that enqueued alerts (and after `stop`)."""
+    def run(self, stop: threading.Event, wake: threading.Event, *, lanes: bool = False) -> None:
+        """Deliver until `stop` is set. Set `wake` after a commit that enqueued alerts (and after `stop`).
+        `lanes`: each target is sent to on a thread of its own (`Lanes`), so a slow or dead URL
+        holds up only itself; the loop never waits for a send."""
+        self._lanes = Lanes(wake, stop, self._log) if lanes else None
         last_prune = float("-inf")
         while not stop.is_set():
             timeout = IDLE_WAIT
@@ -603,6 +668,46 @@ class Deliverer:
                 timeout = 0.05  # due rows but nothing tried (stopping, or a clock step): never spin
             wake.wait(timeout)
             wake.clear()
+        if self._lanes is not None:  # a send in progress may still mark its rows (else: sent again)
+            self._lanes.wait_idle(LANE_GRACE)
+
+
+class Lanes:
+    """One sending thread per target at a time: a target whose send is in progress is busy, and the
+    next pass leaves its rows alone (so its rows still go out in order, one message at a time). A
+    lane wakes the sender loop when it is done, for whatever came due meanwhile."""
+
+    def __init__(self, wake: threading.Event, stop: threading.Event, log: Callable[[str], None]) -> None:
+        self._wake = wake
+        self._stop = stop
+        self._log = log
+        self._busy: set[str] = set()
+        self._lock = threading.Condition()
+
+    def busy(self) -> set[str]:
+        with self._lock:
+            return set(self._busy)
+
+    def wait_idle(self, timeout: float) -> bool:
+        with self._lock:
+            return self._lock.wait_for(lambda: not self._busy, timeout)
+
+    def start(self, name: str, work: Callable[[], int]) -> None:
+        def lane() -> None:
+            try:
+                work()
+            except Exception as exc:  # e.g. a locked database: the next pass tries again
+                if not self._stop.is_set():  # (stopping: the outbox may be closed under a late send)
+                    self._log(f"xinf-watch: alert delivery to {name} failed: {type(exc).__name__}: {exc}")
+            finally:
+                with self._lock:  # not busy before the wake: the pass it wakes must see it free
+                    self._busy.discard(name)
+                    self._lock.notify_all()
+                self._wake.set()
+
+        with self._lock:
+            self._busy.add(name)
+        threading.Thread(target=lane, name=f"xinf-watch-send {name}", daemon=True).start()
 
 
 # -- journal ------------------------------------------------------------------------------------

@@ -294,8 +294,11 @@ def load_everything(rules: Path) -> tuple[Config, KeyRegistry]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from xinf_watch.daemon import run_daemon  # the daemon's imports (watchfiles, threads) only here
+    from xinf_watch.visible import LogFormatter
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(message)s", stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(LogFormatter("%(levelname)s %(message)s"))  # text from logs and files, escaped
+    logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
     logging.getLogger("watchfiles").setLevel(logging.WARNING)  # it logs every change at INFO
     return run_daemon(args.rules)
 

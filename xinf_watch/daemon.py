@@ -10,9 +10,10 @@ Around the loop:
 - a metrics HTTP server thread (prometheus-client) serves `/metrics` from the committed and
   in-flight counters, under the same lock the loop holds while it processes a batch; it opens
   after the first turn, so counters never go down across a kill -9;
-- two sender threads deliver the outbox (alerts.Deliverer): one to the notify groups, one to
-  Alertmanager, which also re-sends the firing alerts every `resend_interval` (alerts.Refresher);
-  the loop only wakes them;
+- two sender threads deliver the outbox (alerts.Deliverer): one to the notify groups (each URL
+  on a lane thread of its own, so a slow or dead one holds up only itself), one to Alertmanager,
+  which also re-sends the firing alerts every `resend_interval` (alerts.Refresher); the loop only
+  wakes them;
 - signal handlers only record requests: SIGTERM/SIGINT stop after the current batch, SIGHUP
   reloads. Reload is build-then-swap: a config or key file that fails to load leaves the running
   one in place, says why, and is counted;
@@ -194,11 +195,12 @@ class Daemon:
         self.alertmanager_sender = Deliverer(self.outbox, targets, self._count_notification, now=self.clock,
                                              log=log.warning, only=ALERTMANAGER,
                                              refresher=Refresher(self.outbox, self.clock, log.warning))
-        self.senders = [
-            threading.Thread(target=deliverer.run, args=(self.stop, wake), name=name, daemon=True)
-            for deliverer, wake, name in ((self.deliverer, self.sender_wake, "xinf-watch-sender"),
-                                          (self.alertmanager_sender, self.alertmanager_wake,
-                                           "xinf-watch-alertmanager"))
+        self.senders = [  # the notify groups' sender sends to each URL on a lane of its own
+            threading.Thread(target=deliverer.run, args=(self.stop, wake), kwargs={"lanes": lanes},
+                             name=name, daemon=True)
+            for deliverer, wake, name, lanes in (
+                (self.deliverer, self.sender_wake, "xinf-watch-sender", True),
+                (self.alertmanager_sender, self.alertmanager_wake, "xinf-watch-alertmanager", False))
         ]  # fmt: skip
         for sender in self.senders:
             sender.start()
@@ -407,7 +409,8 @@ class Daemon:
         except Exception as exc:  # config, key files, targets, rule state: all refused the same way
             self._count_reload("failure")
             why = str(exc) if isinstance(exc, ConfigError | KeyFileError) else f"{type(exc).__name__}: {exc}"
-            log.error("reload failed, keeping the running config:\n%s", why)
+            lines = why.splitlines() or [why]  # one argument a line: each escaped, the breaks kept
+            log.error("reload failed, keeping the running config:" + "\n%s" * len(lines), *lines)
             self.notifier.ready("reload failed, running the previous config")
             return
         for what, old, new in (("metrics.listen", self.config.metrics.listen, config.metrics.listen),

@@ -311,10 +311,11 @@ class Outbox:
         only: str | None = None,
         besides: str | None = None,
         skip: Collection[tuple[str, str]] = (),
+        exclude: Collection[str] = (),
     ) -> list[OutboxItem]:
-        """Due rows in order: of target `only` (if given), not of target `besides`, and not of the
-        (target, group) pairs in `skip` (groups the sender holds back for now)."""
-        where, params = self._lane("o", only, besides, skip)
+        """Due rows in order: of target `only` (if given), not of target `besides` nor of the targets
+        in `exclude`, and not of the (target, group) pairs in `skip` (groups the sender holds back)."""
+        where, params = self._lane("o", only, besides, skip, exclude)
         with self._lock:
             rows = self._conn.execute(
                 f"""SELECT id, target, alert, attempts, next_attempt, grp FROM outbox AS o
@@ -327,12 +328,35 @@ class Outbox:
             ).fetchall()
         return [OutboxItem(i, t, orjson.loads(a), n, nxt, g) for i, t, a, n, nxt, g in rows]
 
+    def due_targets(
+        self,
+        now: float,
+        *,
+        only: str | None = None,
+        besides: str | None = None,
+        skip: Collection[tuple[str, str]] = (),
+        exclude: Collection[str] = (),
+    ) -> list[str]:
+        """The targets that have a due row (as `due` chooses them), each once."""
+        with self._lock:
+            pending = [row[0] for row in self._conn.execute(
+                "SELECT DISTINCT target FROM outbox WHERE delivered_at IS NULL ORDER BY target")]  # fmt: skip
+        chosen = [t for t in pending if (only is None or t == only) and t != besides and t not in exclude]
+        return [t for t in chosen if self.due(now, 1, only=t, skip=skip)]
+
     @staticmethod
     def _lane(
-        table: str, only: str | None, besides: str | None, skip: Collection[tuple[str, str]]
+        table: str,
+        only: str | None,
+        besides: str | None,
+        skip: Collection[tuple[str, str]],
+        exclude: Collection[str] = (),
     ) -> tuple[str, dict[str, Any]]:
         """An SQL condition (starting with AND) on the rows of `table` and its parameters."""
         where, params = "", dict[str, Any]()
+        for n, target in enumerate(exclude):
+            where += f" AND {table}.target != :x{n}"
+            params[f"x{n}"] = target
         if only is not None:
             where, params["only"] = f" AND {table}.target = :only", only
         if besides is not None:
@@ -343,11 +367,16 @@ class Outbox:
         return where, params
 
     def next_due(
-        self, *, only: str | None = None, besides: str | None = None, skip: Collection[tuple[str, str]] = ()
+        self,
+        *,
+        only: str | None = None,
+        besides: str | None = None,
+        skip: Collection[tuple[str, str]] = (),
+        exclude: Collection[str] = (),
     ) -> float | None:
         """When the earliest row could become due (the oldest pending row of each target, leaving out
-        the groups in `skip`), or None."""
-        where, params = self._lane("o", only, besides, skip)
+        the groups in `skip` and the targets in `exclude`), or None."""
+        where, params = self._lane("o", only, besides, skip, exclude)
         inner, _ = self._lane("p", None, None, skip)
         with self._lock:
             row = self._conn.execute(
