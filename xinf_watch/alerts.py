@@ -90,6 +90,8 @@ with warnings.catch_warnings():
     # Load them now, once, so that warning (not ours to fix) does not surface at the first send.
     warnings.simplefilter("ignore", DeprecationWarning)
     NotificationManager().load_modules()  # type: ignore[no-untyped-call]
+_SCHEMES = frozenset(str(s).lower() for s in NotificationManager().schemas())  # type: ignore[no-untyped-call]
+_PORT = re.compile(r"^(?:.*@)?(?:\[[^\]]*\]|[^:\[\]]*):(\d+)$")  # the port of a netloc, if it has one
 
 _STANDARD = ("rule", "kind", "severity", "status", "group", "key", "count", "first_ts", "last_ts",
              "summary", "source", "id")  # fmt: skip
@@ -161,6 +163,21 @@ def alerts_in(body: str) -> list[dict[str, Any]]:
 
 
 # -- apprise ------------------------------------------------------------------------------------
+
+
+def notify_url_problem(url: str) -> str | None:
+    """Why apprise cannot use a notify group's URL (its ${VAR}s replaced), as the text of a config
+    error that names the scheme and nothing else of the URL (the rest may be secret); None when it
+    can. Config validation calls it, so apprise is imported here only."""
+    scheme, _, rest = url.partition("://")
+    if scheme.lower() not in _SCHEMES:
+        shown = f'"{visible(scheme)}://"' if len(scheme) <= 20 else "this scheme"
+        return f"{shown} is not an apprise scheme (expected one apprise knows, e.g. json://, mailto://)"
+    port = _PORT.match(re.split(r"[/?#]", rest, maxsplit=1)[0])
+    if port is not None and not 0 < int(port.group(1)) < 65536:
+        return f"the port of this {scheme}:// URL is out of range (expected 1-65535)"
+    return None
+
 
 
 _CAPTURE: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("apprise_capture", default=None)

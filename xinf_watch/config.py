@@ -416,7 +416,7 @@ def _mapping_of(check_values: Any, expect: str) -> Any:
 
 
 def _notify_target(value: Any, ctx: LoadContext) -> str:
-    return check_notify_target(check_env(value, ctx), ctx)
+    return check_notify_target(value, check_env(value, ctx), ctx)
 
 
 def _with_internal(networks: Mapping[str, tuple[Network, ...]]) -> Mapping[str, tuple[Network, ...]]:

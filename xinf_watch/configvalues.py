@@ -302,11 +302,20 @@ def check_env(value: Any, ctx: LoadContext) -> str:
     return _ENV.sub(replace, value)
 
 
-def check_notify_target(value: str, ctx: LoadContext) -> str:
-    """An apprise URL (`scheme://...`), or the path of an apprise config file."""
+def check_notify_target(raw: str, value: str, ctx: LoadContext) -> str:
+    """An apprise URL (`scheme://...`) of a scheme apprise knows, with a port in range, or the path
+    of an existing apprise config file; `value` is `raw` with its ${VAR}s replaced. A URL is never
+    shown in an error (it carries secrets), only its scheme."""
     if "://" in value:
-        return value
-    return _resolve(value, ctx.base_dir)
+        from xinf_watch.alerts import notify_url_problem  # apprise is loaded only to check a URL
+
+        problem = notify_url_problem(value)
+        return value if problem is None else fail(problem)
+    path = _resolve(value, ctx.base_dir)
+    if not os.path.isfile(path):
+        shown = "the value of " + raw if "${" in raw else show(raw)
+        return fail(f"{shown} is not a file (expected an apprise URL or apprise config file)")
+    return path
 
 
 def check_url(value: Any, info: ValidationInfo | None) -> str:
