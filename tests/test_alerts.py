@@ -565,3 +565,25 @@ def test_a_group_that_speaks_says_all_it_has(http: HTTPReceiver, tmp_path: Path)
     assert [a["id"] for _, alerts in messages(http) for a in alerts] == [
         f"webui-external-{n:04d}" for n in range(1501)
     ]
+
+
+def test_a_critical_alert_is_never_sent_behind_a_flood_of_warnings(
+    http: HTTPReceiver, tmp_path: Path
+) -> None:
+    """1,000 warnings of one rule are pending (grouping off: one message each) when a critical alert
+    of another rule is enqueued after them: the next pass sends the critical one first; the warnings
+    follow in their order."""
+    store = StateStore(tmp_path)
+    ops = AppriseTarget("ops[1]", [f"json://{http.url}/hook"])
+    deliverer = Deliverer(Outbox(tmp_path), {"ops[1]": ops}, lambda t, ok, n: None, FakeClock())
+    store.commit({}, {}, [(flood_alert(n), ["ops[1]"]) for n in range(1000)])
+    critical = flood_alert(9000, rule="revoked-key-used", severity=Severity.CRITICAL)
+    store.commit({}, {}, [(critical, ["ops[1]"])])
+    stop = threading.Event()
+    wait = threading.Thread(target=lambda: (wait_until(lambda: len(http.requests) >= 3), stop.set()))
+    wait.start()
+    deliverer.deliver_due(stop)  # stops after a few messages
+    wait.join()
+    sent = [alerts for _, alerts in messages(http)]
+    assert sent[0] == [critical.to_json()]
+    assert [a["id"] for (a,) in sent[1:]] == [f"webui-external-{n:04d}" for n in range(len(sent) - 1)]

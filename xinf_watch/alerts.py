@@ -15,7 +15,8 @@ Rules:
   (`targets_for`): its own queue in the outbox, its own backoff, and, in the daemon, its own lane
   thread (`Lanes`), so a dead or slow URL delays only itself. One send is bounded by apprise's
   timeouts (4 s to connect, 4 s between reads by default; `?cto=` / `?rto=` in the URL).
-- Delivery is at least once, in order per target (so a resolution never overtakes its firing): a
+- Delivery is at least once, in order per target and group (so a resolution never overtakes its
+  firing); a target's critical groups go first, so a backlog of warnings never delays them: a
   `Deliverer` takes due rows from the durable outbox (`state.Outbox`), sends, and marks each
   delivered or failed (exponential backoff). A failed row holds back the later rows of its own
   target, never another target. Only a crash between a send and its `delivered` mark can repeat a
@@ -24,8 +25,9 @@ Rules:
 - A row whose target is not in the current config (the group was removed by a reload) is kept and
   retried with backoff, with one loud message per target name: a reload that brings the group back
   delivers the backlog, and nothing is ever dropped silently.
-- An apprise group remembers (in memory) which of its URLs already took an alert, so a retry after a
-  partial failure goes only to the URLs that failed.
+- An `AppriseTarget` of several URLs (a group's own target, for rows an earlier release queued per
+  group) remembers (in memory) which of its URLs already took an alert, so a retry after a partial
+  failure goes only to the URLs that failed.
 - apprise's logger is silenced (it may name URLs, and URLs carry tokens): its warnings are kept per
   send, with anything URL-shaped blanked, and become the text of the `DeliveryError`. The loggers
   of urllib3 and requests (request lines with a URL's path and query) never reach a handler.
@@ -603,15 +605,21 @@ class Deliverer:
         self, name: str, now: float, skip: Mapping[tuple[str, str], float], stop: threading.Event | None
     ) -> int:
         """The due rows of one target, `PASS_LIMIT` at a time, until one fails; returns how many
-        were delivered. The groups held back are those held when the pass began: a group that
-        speaks in this pass says all it has, however many messages that takes."""
+        were delivered. Critical alerts first: they never wait behind a flood of warnings (the
+        order within a group, one rule and severity, is kept). The groups held back are those held
+        when the pass began: a group that speaks in this pass says all it has, however many
+        messages that takes."""
         sent = 0
-        for _ in range(100):  # a bound, not a limit: a failed target's rows are not due again
-            items = self._outbox.due(now, PASS_LIMIT, only=name, skip=skip)
-            delivered, failed = self._send(items, stop)
-            sent += delivered
-            if failed or len(items) < PASS_LIMIT or (stop is not None and stop.is_set()):
-                break
+        critical = [g for g in self._outbox.pending_groups(name) if g.rpartition("\0")[2] == "critical"]
+        for groups in ([critical] if critical else []) + [None]:
+            for _ in range(100):  # a bound, not a limit: a failed target's rows are not due again
+                items = self._outbox.due(now, PASS_LIMIT, only=name, skip=skip, groups=groups)
+                delivered, failed = self._send(items, stop)
+                sent += delivered
+                if failed or (stop is not None and stop.is_set()):
+                    return sent
+                if len(items) < PASS_LIMIT:
+                    break
         return sent
 
     def _send(self, items: Sequence[OutboxItem], stop: threading.Event | None) -> tuple[int, bool]:

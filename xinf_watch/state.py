@@ -312,10 +312,15 @@ class Outbox:
         besides: str | None = None,
         skip: Collection[tuple[str, str]] = (),
         exclude: Collection[str] = (),
+        groups: Collection[str] | None = None,
     ) -> list[OutboxItem]:
         """Due rows in order: of target `only` (if given), not of target `besides` nor of the targets
-        in `exclude`, and not of the (target, group) pairs in `skip` (groups the sender holds back)."""
+        in `exclude`, and not of the (target, group) pairs in `skip` (groups the sender holds back);
+        of the notification `groups` only, if given."""
         where, params = self._lane("o", only, besides, skip, exclude)
+        if groups is not None:
+            where += " AND o.grp IN (" + ",".join(f":grp{n}" for n in range(len(groups))) + ")"
+            params.update({f"grp{n}": group for n, group in enumerate(groups)})
         with self._lock:
             rows = self._conn.execute(
                 f"""SELECT id, target, alert, attempts, next_attempt, grp FROM outbox AS o
@@ -327,6 +332,14 @@ class Outbox:
                 {**params, "now": now, "limit": limit},
             ).fetchall()
         return [OutboxItem(i, t, orjson.loads(a), n, nxt, g) for i, t, a, n, nxt, g in rows]
+
+    def pending_groups(self, target: str) -> list[str]:
+        """The notification groups that have pending rows for `target`."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT DISTINCT grp FROM outbox WHERE delivered_at IS NULL AND target = ?", (target,)
+            ).fetchall()
+        return [row[0] for row in rows]
 
     def due_targets(
         self,
