@@ -2,7 +2,7 @@
 
 This is where the raw credential is consumed: `KeyRegistry.resolve` reads it and returns an alias,
 a state and a fingerprint; the `Event` that leaves this module carries none of the credential.
-Paths are normalised once here (query string dropped, percent-escapes decoded, length capped) so
+Paths are normalised once here (query string dropped, length capped, percent-escapes decoded) so
 every later stage and every output sees the same path. A denial the source gives no reason for
 gets one from its status where only one cause fits (`reason_from_status`). A scope the key may not
 use also says what refuses it (`scope_denied_by`: its permissions, or advanced auth's API-key limit).
@@ -11,27 +11,18 @@ use also says what refuses it (`scope_denied_by`: its permissions, or advanced a
 from __future__ import annotations
 
 from collections.abc import Callable
-from urllib.parse import unquote
 
 from xinf_watch.addresses import parse_ip
 from xinf_watch.keys import Attribution, KeyRegistry
 from xinf_watch.model import CredentialKind, Event, KeyState, Outcome, Record, ScopeDenial
-from xinf_watch.scopes import ScopeMap
+from xinf_watch.scopes import ScopeMap, decode_path
 
-MAX_PATH = 1024
 _OUTCOMES = {status: Outcome.from_status(status) for status in range(100, 600)}
 _KEY_401 = {
     KeyState.UNKNOWN: "invalid_key",
     KeyState.EXPIRED: "key_expired",
     KeyState.REVOKED: "key_disabled",
 }
-
-
-def normalise_path(path: str) -> str:
-    path = path.split("?", 1)[0]
-    if "%" in path:
-        path = unquote(path, errors="replace")
-    return path[:MAX_PATH]
 
 
 def reason_from_status(
@@ -84,7 +75,7 @@ class Attributor:
             who = registry.resolve_consumer(record.consumer, record.ts)
         else:
             who = registry.resolve(record.credential, record.ts)
-        path = normalise_path(record.path)
+        path = decode_path(record.path)
         scope = self.scopes.scope_for(record.method, record.path)  # decodes like Starlette: once
         api_key = who.credential is CredentialKind.API_KEY
         scope_allowed = self.scopes.covers(who.permissions, scope, api_key=api_key)

@@ -2,7 +2,8 @@
 
 Every field is optional (None: not checked); a list means "any of" and a scalar is a one-item list.
 Closed sets become frozensets of the model's enums, network names become their CIDRs, `status`
-becomes a `StatusSet` (codes and classes such as `4xx`), `user_agent` a compiled regex. Matching
+becomes a `StatusSet` (codes and classes such as `4xx`), `user_agent` a `UserRegex` (time-bounded,
+userregex.py). Matching
 an event against it is `filters.py`'s business.
 """
 
@@ -27,6 +28,7 @@ from xinf_watch.configvalues import (
     one_of,
 )
 from xinf_watch.model import CredentialKind, KeyState, Outcome
+from xinf_watch.userregex import UserRegex
 from xinf_watch.yamlsource import Expect, show
 
 _STATUS_CLASS = re.compile(r"([1-5])xx\Z", re.IGNORECASE)
@@ -68,15 +70,15 @@ def _scope_glob(value: Any, _ctx: LoadContext) -> str:
     return fail(f"{show(value)} is not a scope glob (expected e.g. models:*, admin or webui)")
 
 
-def _regex(value: Any) -> re.Pattern[str] | None:
-    if value is None or isinstance(value, re.Pattern):
+def _regex(value: Any) -> UserRegex | None:
+    if value is None or isinstance(value, UserRegex):
         return value
     if not isinstance(value, str):
         return fail(f"{show(value)} is not a string (expected a regular expression)")
     try:
-        return re.compile(value)
-    except re.error as exc:
-        return fail(f"regex does not compile: {exc} (expected a Python regular expression)")
+        return UserRegex(value)
+    except ValueError as exc:
+        return fail(f"{exc} (expected a Python regular expression)")
 
 
 def _set_of(what: str, enum: type[StrEnum]) -> Any:
@@ -122,6 +124,6 @@ class FilterConfig(BaseModel):
     status: Annotated[StatusSet | None, _list_of(_status, StatusSet.of)] = None
     method: Annotated[frozenset[str] | None, _list_of(check_method, frozenset)] = None
     path: Annotated[tuple[str, ...] | None, _list_of(check_route_path)] = None
-    user_agent: Annotated[re.Pattern[str] | None, PlainValidator(_regex), Expect("a regular expression")] = (
+    user_agent: Annotated[UserRegex | None, PlainValidator(_regex), Expect("a regular expression")] = (
         None
     )

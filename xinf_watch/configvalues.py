@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 from pydantic import ValidationInfo
 
 from xinf_watch.formats import jsonlog
+from xinf_watch.userregex import UserRegex
 from xinf_watch.yamlsource import Problems, did_you_mean, not_one_of, show
 
 Network = IPv4Network | IPv6Network
@@ -355,9 +356,9 @@ def check_regex_source(value: Any) -> str | None:
     if not isinstance(value, str):
         return fail(f"{show(value)} is not a string (expected a regular expression)")
     try:
-        groups = set(re.compile(value).groupindex)
-    except re.error as exc:
-        return fail(f"regex does not compile: {exc} (expected a Python regular expression)")
+        groups = set(UserRegex(value).groupindex)
+    except ValueError as exc:
+        return fail(f"{exc} (expected a Python regular expression)")
     unknown = sorted(groups - set(REGEX_GROUPS))
     if unknown:
         return fail("group " + not_one_of(unknown[0], "a record field", REGEX_GROUPS))

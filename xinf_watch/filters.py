@@ -4,7 +4,8 @@ Semantics (docs/DESIGN.md section 3): every field given must match (AND); a list
 items (OR). Booleans (`ip_allowed`, `ip_forwarded`, `scope_allowed`) match only events where the
 value is known: an event whose `scope_allowed` is None (permissions unknown) matches neither
 `scope_allowed: true` nor `false`. `scope`, `path`, `key` and `owner` take shell globs; `user_agent`
-is a regular expression searched in the user agent; `status` takes codes and classes (`4xx`);
+is a regular expression searched in the user agent (within a time bound, userregex.py: no match
+when it runs out); `status` takes codes and classes (`4xx`);
 `method` ignores case. `ip` / `ip_not_in` compare the address (an IPv4-mapped IPv6 address such
 as `::ffff:10.1.2.3` as its IPv4 address); an address that does not parse is in no network, so
 `ip_not_in: internal` matches it (an origin we cannot place is treated as outside).
@@ -25,6 +26,7 @@ from typing import Any
 
 from xinf_watch.addresses import parse_ip
 from xinf_watch.model import Event
+from xinf_watch.userregex import UserRegex
 
 Predicate = Callable[[Event], bool]
 Network = IPv4Network | IPv6Network
@@ -161,7 +163,7 @@ def compile_filter(when: Any, *, indexed: bool = True) -> Predicate:
         if value is not None:
             checks.append(_glob_check(field, _values(value)))
     if (agent := getattr(when, "user_agent", None)) is not None:
-        pattern = agent if isinstance(agent, re.Pattern) else re.compile(str(agent))
+        pattern = agent if isinstance(agent, UserRegex) else UserRegex(str(agent))  # time-bounded
         checks.append(lambda e: e.user_agent is not None and pattern.search(e.user_agent) is not None)
     if (nets := getattr(when, "ip", None)) is not None:
         checks.append(_ip_check(nets, inside=True))

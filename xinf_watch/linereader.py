@@ -7,8 +7,10 @@ writer is gone (`finish()`). Rule 5 of tail.py's spec is what this module does:
 - Lines are UTF-8 with replacement, without the "\n" and a "\r" before it.
 - `offset` is always just after the last line returned. Bytes after the last newline are held
   (`held` counts them): not returned and not in the offset, until their newline arrives.
-- A line longer than `MAX_LINE_BYTES` is returned cut there and the rest of it skipped up to its
-  newline. An offset that is not just after a newline means "inside a cut line": `place()` makes
+- A line longer than `MAX_LINE_BYTES` (without its newline) is returned as an empty line, so the
+  pipeline counts it as skipped and no parser or decoder ever sees more than `MAX_LINE_BYTES`;
+  the rest of it is skipped up to its newline. `replay` reads files with `read_lines`, which
+  applies the same rule. An offset that is not just after a newline means "inside a cut line": `place()` makes
   the reader skip the rest of it, so a tailer restarted at that offset skips it too.
 - Nothing is buffered beyond one read: a line longer than a read is read again, alone, doubling,
   up to `MAX_LINE_BYTES`.
@@ -19,9 +21,12 @@ from __future__ import annotations
 
 import codecs
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import BinaryIO
 
 MAX_LINE_BYTES = 1 << 20
+OVERLONG_LINE = ""  # what a line longer than MAX_LINE_BYTES becomes: blank, counted as skipped
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,8 +94,7 @@ class LineReader:
                     data += more
                     end = data.find(b"\n", searched) + 1
                 if not end and not at_end:
-                    line = data[:MAX_LINE_BYTES].decode("utf-8", "replace")
-                    out.append(Batch(self.path, (line,), begin, pos + MAX_LINE_BYTES))
+                    out.append(Batch(self.path, (OVERLONG_LINE,), begin, pos + MAX_LINE_BYTES))
                     pos += MAX_LINE_BYTES
                     self.skipping = True
                     cut += 1
@@ -127,6 +131,21 @@ def last_line_end(fd: int, size: int) -> int:
             return start + nl + 1
         pos = start
     return 0 if pos == 0 else size
+
+
+def read_lines(stream: BinaryIO) -> Iterator[str]:
+    """The lines of `stream`, start to end, by this module's rules (for `replay`): never more than
+    `MAX_LINE_BYTES` in memory, a longer line is `OVERLONG_LINE`, a last line without newline a line."""
+    while line := stream.readline(MAX_LINE_BYTES + 1):
+        if line.endswith(b"\n"):
+            line = line[:-1]
+        elif len(line) > MAX_LINE_BYTES:
+            while (rest := stream.readline(1 << 16)) and not rest.endswith(b"\n"):
+                pass
+            yield OVERLONG_LINE
+            continue
+        text = line.decode("utf-8", "replace")
+        yield text[:-1] if text.endswith("\r") else text
 
 
 def _lines(data: bytes, end: int) -> list[str]:

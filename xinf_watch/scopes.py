@@ -208,9 +208,25 @@ def _route_table() -> dict[str, Any]:
     return data
 
 
+MAX_PATH = 1024  # characters of an event's decoded path
+_MAX_ROUTE_PATH = 8192  # characters a route lookup sees: nginx refuses longer request lines by default
+
+
+def decode_path(path: str, limit: int = MAX_PATH) -> str:
+    """`path` without its query string, percent-decoded once (bad UTF-8 replaced), cut at `limit`.
+
+    The cut comes first: '%XX' per byte and up to 4 bytes per character, so `limit` characters decode
+    from at most 12 * (limit + 1) raw ones, and only those are decoded, whatever the path's length
+    (a 1 MiB percent-encoded path costs what a 12 KiB one does), with the same result as decoding all.
+    """
+    raw = 12 * (limit + 1)
+    end = path.find("?", 0, raw)
+    path = path[: end if end >= 0 else raw]
+    return (unquote(path) if "%" in path else path)[:limit]
+
+
 def _route_path(path: str) -> str:
-    path = path.partition("?")[0]
-    return unquote(path) if "%" in path else path
+    return decode_path(path, _MAX_ROUTE_PATH)
 
 
 def _table_route(spec: Mapping[str, Any], *, legacy: bool) -> _Route:

@@ -50,7 +50,8 @@ descriptor we hold, under whatever name leads to it.
    matching name (a symlink swapped back, a directory moved back) resumes where it was.
 5. Lines (linereader.py): UTF-8 with replacement, without "\n" or "\r\n". Bytes after the last
    newline are held, not returned and not in the offset, until their newline arrives. A line
-   longer than `MAX_LINE_BYTES` is returned cut there and its rest skipped, also after a restart.
+   longer than `MAX_LINE_BYTES` is returned as an empty line (the pipeline counts it as skipped)
+   and its rest skipped, also after a restart; `replay` does the same.
 6. `positions()` after a `poll()` is exactly what that poll returned: every open file with the
    offset after its last returned line, in reading order, plus saved positions not found yet.
 7. Restart. A saved position is looked up by (device, inode): at its path, then in its directory
@@ -67,8 +68,8 @@ Counters (exported by the daemon as `xinf_watch_rotations_total`, `xinf_watch_tr
 `rotations`: rotations followed, a new file under a name a followed file had (rules 2, 4) or a
 truncation recovered from its copy (rule 3, copytruncate). `truncations`: followed files found
 shorter or rewritten in place (rule 3), copy or not. So a copytruncate counts in both; a truncation
-without a copy only in `truncations`, and is logged as possible data loss. `long_lines`: lines cut
-at `MAX_LINE_BYTES` (rule 5).
+without a copy only in `truncations`, and is logged as possible data loss. `long_lines`: lines longer
+than `MAX_LINE_BYTES`, skipped (rule 5).
 
 Budget. `poll(budget_bytes)` stops after about that many bytes (it finishes the line it is in, so
 every poll makes progress); `pending()` then says more is ready. `max_batch_bytes` bounds each read

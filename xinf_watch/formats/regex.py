@@ -7,19 +7,19 @@ Rules:
   `request_id`, `reason` are optional. Any other group name is an error (it is most likely a typo that would
   silently lose a field); use `(?:...)` for groups that are not fields.
 * The pattern must match the whole line (`fullmatch`); a line it does not match is unparsed, a
-  blank line skipped. A `ts` that no parser reads, or a `status` that is not a number, makes the
-  line unparsed; `-` and empty optional fields are absent.
+  blank line skipped. It runs with a time bound (userregex.py): a match that runs out of time
+  (catastrophic backtracking) is no match, so the line is unparsed. A `ts` that no parser reads,
+  or a `status` that is not a number, makes the line unparsed; `-` and empty optional fields are absent.
 * `ts` is read best effort: epoch seconds (ms/us/ns by size), ISO 8601, or `dd/Mon/yyyy:HH:MM:SS`
   with optional fraction and zone (nginx `$time_local`, HAProxy); the last value is cached.
 """
 
 from __future__ import annotations
 
-import re
-
 from xinf_watch.formats.common import ABSENT, Parser, split_request, to_float, to_int
 from xinf_watch.formats.timeparse import LastValueCache, parse_any
 from xinf_watch.model import LineResult, Record
+from xinf_watch.userregex import UserRegex
 
 GROUPS = (
     "ts", "ip", "method", "path", "request", "status",
@@ -32,9 +32,9 @@ def compile_regex(pattern: str | None) -> Parser:
     if not isinstance(pattern, str) or not pattern:
         raise ValueError("regex format needs a pattern")
     try:
-        compiled = re.compile(pattern)
-    except re.error as e:
-        raise ValueError(f"regex pattern does not compile: {e}") from None
+        compiled = UserRegex(pattern)
+    except ValueError as e:
+        raise ValueError(f"regex pattern: {e}") from None
     names = compiled.groupindex
     unknown = sorted(set(names) - set(GROUPS))
     if unknown:
@@ -49,7 +49,7 @@ def compile_regex(pattern: str | None) -> Parser:
     return _build_parser(compiled)
 
 
-def _build_parser(compiled: re.Pattern[str]) -> Parser:
+def _build_parser(compiled: UserRegex) -> Parser:
     fullmatch = compiled.fullmatch
     has = set(compiled.groupindex)
     ts_of = LastValueCache(parse_any)
@@ -59,9 +59,11 @@ def _build_parser(compiled: re.Pattern[str]) -> Parser:
         return None if value is None or value in ABSENT else value
 
     def parse(line: str) -> Record | LineResult:
+        if not line.strip():
+            return LineResult.SKIPPED
         m = fullmatch(line)
         if m is None:
-            return LineResult.UNPARSED if line.strip() else LineResult.SKIPPED
+            return LineResult.UNPARSED
         groups = m.groupdict()
         ts_text, ip, status_text = groups["ts"], groups["ip"], groups["status"]
         ts = ts_of(ts_text) if ts_text else None
