@@ -11,7 +11,7 @@ from urllib.parse import unquote
 
 from paths import FIXTURES
 from ruletools import T0, event, load_rules
-from test_cli import lines_total, run_main
+from test_cli import lines_total
 from test_tail import Harness
 
 from xinf_watch.cli import main
@@ -28,7 +28,8 @@ NGINX_LINE = (FIXTURES / "nginx" / "access_combined_key.log").read_text(encoding
 
 
 def _agent_filter(tmp_path: Path, pattern: str) -> tuple[UserRegex, object]:
-    when = load_rules(tmp_path, f"- {{name: r, kind: match, when: {{user_agent: '{pattern}'}}}}").rules[0].when
+    rule = f"- {{name: r, kind: match, when: {{user_agent: '{pattern}'}}}}"
+    when = load_rules(tmp_path, rule).rules[0].when
     assert isinstance(when.user_agent, UserRegex)
     return when.user_agent, compile_filter(when)
 
@@ -91,7 +92,7 @@ def _replay_lines(tmp_path: Path, log: Path) -> dict[tuple[str, str], float]:
     return lines_total(metrics.read_text(encoding="utf-8"))
 
 
-def test_replay_skips_an_overlong_line_without_holding_it(tmp_path: Path, capsys: object) -> None:
+def test_replay_skips_an_overlong_line_without_holding_it(tmp_path: Path) -> None:
     huge = NGINX_LINE.replace("/v1/models", "/v1/" + "%41" * 2_000_000, 1)  # a valid 6 MB line
     log = tmp_path / "access.log"
     log.write_text(f"{NGINX_LINE}\n{huge}\n{NGINX_LINE}\n", encoding="utf-8")
@@ -124,3 +125,40 @@ def test_replay_and_the_tailer_read_the_same_lines(tmp_path: Path) -> None:
     assert replayed == [
         "a", "m" * MAX_LINE_BYTES, "", "crlf", "", "\ufffd\ufffdbad utf-8", "", "", "last",
     ]  # fmt: skip
+
+
+# -- late (out-of-order) events and protected eviction in windows.py ---------------------------
+
+from xinf_watch.windows import BUCKETS, BoundedMap, WindowCounter  # noqa: E402
+
+
+def test_late_event_inside_the_window_is_counted_in_its_own_bucket() -> None:
+    c = WindowCounter(300.0)  # 10 s buckets
+    c.add(1000.0, 1000.0)
+    c.add(1200.0, 1200.0)
+    c.add(1105.0, 1200.0)  # late, between the two: a bucket of its own, in order
+    c.add(1001.0, 1200.0, n=2)  # late, into the existing first bucket
+    c.add(995.0, 1200.0)  # late, before every bucket
+    assert [b[0] for b in c.buckets] == [99, 100, 110, 120]
+    assert c.count(1200.0) == 6 and c.oldest(1200.0) == 995.0
+    assert c.buckets[1] == [100, 3, 1000.0]
+
+
+def test_late_event_older_than_the_window_is_dropped() -> None:
+    c = WindowCounter(300.0)
+    c.add(2000.0, 2000.0)
+    c.add(2000.0 - 10 * BUCKETS, 2000.0)  # exactly a window back: out
+    c.add(1000.0, 2000.0)
+    assert c.count(2000.0) == 1 and len(c.buckets) == 1
+
+
+def test_bounded_map_eviction_passes_over_kept_entries_until_all_are_kept() -> None:
+    m: BoundedMap[str, int] = BoundedMap(3, keep=lambda v: v < 0)
+    for key, value in [("a", -1), ("b", 1), ("c", -1)]:
+        m.setdefault(key, lambda v=value: v)  # type: ignore[misc]
+    m.setdefault("d", lambda: 2)  # "a" is kept: "b" goes instead
+    assert [k for k, _ in m.items()] == ["a", "c", "d"] and m.evicted == 1
+    m.put("e", -1)  # "d" is the only one not kept
+    assert [k for k, _ in m.items()] == ["a", "c", "e"]
+    m.put("f", -1)  # all kept: the bound wins, the oldest goes
+    assert [k for k, _ in m.items()] == ["c", "e", "f"] and m.evicted == 3
