@@ -20,6 +20,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -313,6 +314,11 @@ def test_a_running_xinference_is_found_by_its_command_line(
         cwd=tmp_path,
     )
     try:
+        # the child's command line is the parent's until it has exec'd: wait for it (a loaded CI)
+        cmdline = Path(f"/proc/{process.pid}/cmdline")
+        deadline = time.monotonic() + 10
+        while b"xinference-local" not in cmdline.read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.02)
         monkeypatch.setenv("XINFERENCE_HOME", str(tmp_path / "no-xinference"))
         code = main(["init", "--out", str(tmp_path / "out"), "--state-dir", str(tmp_path / "state"),
                      "--nginx-config", str(CONFIG / "legacy/nginx-text.conf"),
