@@ -71,7 +71,7 @@ import orjson
 from apprise.manager_plugins import NotificationManager
 
 from xinf_watch.model import Alert, format_ts
-from xinf_watch.state import Outbox, OutboxItem
+from xinf_watch.state import Outbox, OutboxItem, is_storage_error
 from xinf_watch.visible import visible, visible_json
 
 ALERTMANAGER = "alertmanager"  # the target name of the Alertmanager, beside the notify group names
@@ -179,7 +179,6 @@ def notify_url_problem(url: str) -> str | None:
     if port is not None and not 0 < int(port.group(1)) < 65536:
         return f"the port of this {scheme}:// URL is out of range (expected 1-65535)"
     return None
-
 
 
 _CAPTURE: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("apprise_capture", default=None)
@@ -747,18 +746,30 @@ class AlertJournal:
     from the file's end when the journal is opened) and not written twice.
     The file is opened (append mode) for each batch, so a journal rotated by rename continues in a
     fresh file without a reopen signal.
+    A write the storage refuses (disk full, read-only) never leaves part of a record: the file is cut
+    back to where the batch began, and the records are kept (`unwritten`) and written, in order,
+    by the next `append` or `flush` that can. A file found ending in part of a record (a crash in
+    the middle of a write) is cut back to its last whole record before anything is added.
     """
 
     REMEMBER = 4096
     _TAIL_BYTES = 2 << 20
+    _SCAN = 1 << 16  # bytes read at a time looking back for the last whole record
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._recent: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._unwritten: list[bytes] = []  # records the storage refused so far, in order
+        self.error: str | None = None  # why they are not written (the path and the OS error)
+        self.write_errors = 0
         for line in self._tail():
             with contextlib.suppress(orjson.JSONDecodeError, AttributeError, KeyError, TypeError):
                 alert = orjson.loads(line)
                 self._remember((str(alert["id"]), str(alert["status"])))
+
+    @property
+    def unwritten(self) -> int:
+        return len(self._unwritten)
 
     def _tail(self) -> list[bytes]:
         try:
@@ -776,18 +787,59 @@ class AlertJournal:
         if len(self._recent) > self.REMEMBER:
             self._recent.popitem(last=False)
 
-    def append(self, alerts: Sequence[Alert]) -> None:
-        new = [a for a in alerts if (a.id, a.status.value) not in self._recent]
-        if not new:
-            return
-        data = b"".join(orjson.dumps(alert.to_json()) + b"\n" for alert in new)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    def append(self, alerts: Sequence[Alert]) -> bool:
+        """Journal the transitions not journaled yet; False when the storage refused them (kept)."""
+        for alert in alerts:
+            key = (alert.id, alert.status.value)
+            if key not in self._recent:
+                self._unwritten.append(orjson.dumps(alert.to_json()) + b"\n")
+                self._remember(key)
+        return self.flush()
+
+    def flush(self) -> bool:
+        """Write the records kept from refused writes; True when none is left."""
+        if not self._unwritten:
+            return True
+        try:
+            self._write(b"".join(self._unwritten))
+        except OSError as exc:
+            if not is_storage_error(exc):
+                raise
+            self.write_errors += 1
+            self.error = f"{exc.filename or self.path}: {exc.strerror or exc}"
+            return False
+        self._unwritten.clear()
+        self.error = None
+        return True
+
+    def _write(self, data: bytes) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             os.fchmod(fd, 0o600)
+            end = self._whole_end(fd)
             view = memoryview(data)
-            while view:  # one write for a batch, unless the kernel takes it in parts
-                view = view[os.write(fd, view) :]
+            try:
+                while view:  # one write for a batch, unless the kernel takes it in parts
+                    view = view[os.write(fd, view) :]
+            except OSError:
+                with contextlib.suppress(OSError):  # no part of a record stays behind
+                    os.ftruncate(fd, end)
+                raise
         finally:
             os.close(fd)
-        for alert in new:
-            self._remember((alert.id, alert.status.value))
+
+    def _whole_end(self, fd: int) -> int:
+        """The file's size, after cutting a last record that was written in part (a crash mid-write)."""
+        size = os.fstat(fd).st_size
+        if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+            return size
+        end = size
+        while end > 0:
+            start = max(0, end - self._SCAN)
+            newline = os.pread(fd, end - start, start).rfind(b"\n")
+            if newline >= 0:
+                end = start + newline + 1
+                break
+            end = start
+        os.ftruncate(fd, end)
+        return end

@@ -19,6 +19,10 @@ Around the loop:
   one in place, says why, and is counted;
 - systemd: READY once state is loaded and the port is open, RELOADING/READY around a reload,
   STATUS with the line rate, WATCHDOG only while the loop turns, STOPPING on the way out.
+- a state dir that cannot be written (disk full, read-only): the loop goes on, the store keeps the
+  state in memory (state.py) and the journal its records; the loop retries with backoff (also
+  while idle) until both are written, says so once each way, and exports it
+  (`xinf_watch_state_writable`, `xinf_watch_state_write_errors_total`).
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ COMMIT_EVERY = 0.1  # seconds between commits while lines keep coming (alerts co
 COMMIT_SHARE = 0.1  # and at most this share of the time: a big rule state (an attack) costs ms per commit
 BUDGET_BYTES = 4 << 20  # per source per turn, so one busy source cannot starve the others
 KEYS_CHECK_EVERY = 1.0
+RETRY_MIN, RETRY_MAX = 0.5, 10.0  # seconds between attempts to write a state dir that refused writes
 
 
 def position_to_json(p: Position) -> dict[str, Any]:
@@ -86,16 +91,20 @@ class LoopStats:
     lines: int = 0
     evicted: dict[str, int] = field(default_factory=dict)
     line_errors: dict[str, int] = field(default_factory=dict)
+    state_writable: bool = True
+    state_write_errors: int = 0
 
     def snapshot(self) -> dict[str, Any]:
         return {"reloads": dict(self.reloads), "batches": self.batches,
-                "batch_seconds_sum": self.batch_seconds_sum, "line_errors": dict(self.line_errors)}
+                "batch_seconds_sum": self.batch_seconds_sum, "line_errors": dict(self.line_errors),
+                "state_write_errors": self.state_write_errors}  # fmt: skip
 
     def restore(self, data: dict[str, Any]) -> None:
         self.reloads = {str(k): int(v) for k, v in data.get("reloads", {}).items()}
         self.batches = int(data.get("batches", 0))
         self.batch_seconds_sum = float(data.get("batch_seconds_sum", 0.0))
         self.line_errors = {str(k): int(v) for k, v in data.get("line_errors", {}).items()}
+        self.state_write_errors = int(data.get("state_write_errors", 0))
 
 
 class DaemonCollector(Collector):
@@ -128,8 +137,14 @@ class DaemonCollector(Collector):
                                           "because a rule's memory cap was reached.", labels=("rule",))
             for rule, n in sorted(s.evicted.items()):
                 evicted.add_metric((rule,), n)
+            writable = GaugeMetricFamily("xinf_watch_state_writable", "1 when the state dir takes writes, 0 "
+                                         "while state and alerts are kept in memory (disk full, read-only).")
+            writable.add_metric((), int(s.state_writable))
+            write_errors = CounterMetricFamily("xinf_watch_state_write_errors", "Writes to the state dir "
+                                               "that failed (commits, journal appends, their retries).")
+            write_errors.add_metric((), s.state_write_errors)
         yield from families
-        yield from (files, reloads, batch, batches, evicted, errors)
+        yield from (files, reloads, batch, batches, evicted, errors, writable, write_errors)
 
 
 class Daemon:
@@ -150,6 +165,9 @@ class Daemon:
         self._last_event_seen = 0.0
         self._tailer_counts: dict[str, tuple[SourceTailer | None, int, int]] = {}
         self._last_event_wall = 0.0
+        self._write_errors_seen = 0  # the store's and the journal's, as counted in stats
+        self._retry_every = RETRY_MIN
+        self._retry_at = 0.0  # monotonic
 
     # -- signals: record the request, the loop acts on it --------------------------------------
 
@@ -174,6 +192,12 @@ class Daemon:
         """Load config, keys and state, open the port, start the sender. Raises on a bad config."""
         config = load_config(self.rules_path)
         self.state = StateStore(config.state.dir, log=log.error)
+        if not self.state.writable:
+            self.stats.state_writable = False
+            loaded = ("loaded the last saved state read-only" if self.state.loaded == "read-only"
+                      else "starting from empty state")  # fmt: skip
+            log.warning("state: cannot write %s; %s, keeping it in memory (alerts are delivered) and"
+                        " retrying until it can be written", self.state.error, loaded)  # fmt: skip
         checkpoint = self.state.load()
         # when auth.db first showed each key disabled: restored before the keys are loaded
         self.disabled_since = DisabledSince(checkpoint.blobs.get("key_dates"))
@@ -188,7 +212,7 @@ class Daemon:
         }
         self.journal = AlertJournal(self.config.state.dir / "alerts.jsonl")
         self._forget_firing_of_gone_rules(self.config)
-        self.outbox = Outbox(self.config.state.dir)
+        self.outbox = Outbox(self.config.state.dir, store=self.state)  # follows the store into memory
         targets = self._targets(self.config)
         self.deliverer = Deliverer(self.outbox, targets, self._count_notification, now=self.clock,
                                    log=log.warning, besides=ALERTMANAGER)
@@ -316,6 +340,7 @@ class Daemon:
         alerts: list[Alert] = []
         lines = 0
         with self.lock:
+            self._retry_writes()
             for name, tailer in self.tailers.items():
                 for batch in tailer.poll(BUDGET_BYTES):
                     process_line = self.pipeline.process_line
@@ -339,6 +364,7 @@ class Daemon:
                 return False
             # Journal first: a crash before the commit re-reads the lines and makes the same
             # alerts, which the journal recognises; a crash after it cannot lose a journal line.
+            # (A journal that cannot be written keeps the store in memory: the file never gets ahead.)
             self.journal.append(alerts)
             self._commit(alerts)
         if alerts:
@@ -382,9 +408,11 @@ class Daemon:
         url = config.alertmanager.url if config.alertmanager else None
         notify = {r.name: r.notify for r in config.rules}
         started = time.perf_counter()
+        if self.journal.unwritten:
+            self.state.hold(self.journal.error or str(self.journal.path))
         blobs: dict[str, Any] = {"metrics": self.store.snapshot(), "rules": self.engine.snapshot(),
                                  "loop": self.stats.snapshot(), "key_dates": self.disabled_since.snapshot()}
-        self.state.commit(
+        self.state.commit(  # to the file, or to memory when the state dir refuses writes
             {name: [position_to_json(p) for p in t.positions()] for name, t in self.tailers.items()},
             blobs,
             [(a, targets_for(notify.get(a.rule, ()), config.notify, url)) for a in alerts],
@@ -392,6 +420,37 @@ class Daemon:
         self.store.outbox_pending = self.outbox.pending()
         self._dirty = False
         self._commit_every = max(COMMIT_EVERY, (time.perf_counter() - started) / COMMIT_SHARE)
+        self._writes_checked()
+
+    def _retry_writes(self, *, now: bool = False) -> bool:
+        """Write what the journal and the store keep in memory, when due (backoff); True when
+        nothing is kept in memory any more."""
+        kept = not self.state.writable or self.journal.unwritten > 0
+        if kept and (now or time.monotonic() >= self._retry_at):
+            ok = self.journal.flush() and self.state.recover()
+            self._retry_every = RETRY_MIN if ok else min(RETRY_MAX, self._retry_every * 2)
+            self._retry_at = time.monotonic() + self._retry_every
+        self._writes_checked()  # also notices a store a sender's outbox mark put in memory
+        return self.state.writable and not self.journal.unwritten
+
+    def _writes_checked(self) -> None:
+        """Count the writes the state dir refused, and say once when it stops or starts taking them."""
+        seen = self.state.write_errors + self.journal.write_errors
+        self.stats.state_write_errors += seen - self._write_errors_seen
+        self._write_errors_seen = seen
+        writable = self.state.writable and not self.journal.unwritten
+        if writable == self.stats.state_writable:
+            return
+        self.stats.state_writable = writable
+        if writable:
+            log.info("state: %s can be written again: read positions, counters, rule state and alerts"
+                     " kept in memory are saved", self.state.directory)  # fmt: skip
+            return
+        self._retry_every = RETRY_MIN
+        self._retry_at = time.monotonic() + RETRY_MIN
+        log.warning("state: cannot write %s; keeping read positions, counters, rule state and alerts in"
+                    " memory (alerts are delivered) and retrying: nothing is lost while xinf-watch runs",
+                    self.state.error or self.journal.error)  # fmt: skip
 
     # -- reload ---------------------------------------------------------------------------------
 
@@ -471,6 +530,10 @@ class Daemon:
         for sender in self.senders:  # first, so the final commit has their notification counts
             sender.join(timeout=5)
         self.turn(force_commit=True)
+        if not self._retry_writes(now=True):
+            log.error("state: %s still cannot be written: what was kept in memory is lost; the next start"
+                      " reads the lines again from the last saved positions (alerts made since may be"
+                      " sent again)", self.state.error or self.journal.error)  # fmt: skip
         self.close()
 
     def close(self) -> None:

@@ -26,11 +26,23 @@ Rules:
   knows nothing of rule kinds; the sender forgets the alerts that no resolution will ever end.
 - Each outbox row carries its notification group (`rule`, `severity`), so the sender can take the
   due rows of one group without reading the others (alerts.py groups notifications).
-- `Outbox` is the delivery side: the sender threads share its own connection on the same file.
+- `Outbox` is the delivery side: the sender threads share its own connection on the same file, or,
+  given the store (the daemon), the store's connection and lock.
+- A state dir that cannot be written (disk full, read-only, I/O error: `is_storage_error`) never
+  stops the daemon. The first write that fails is rolled back, the database is copied into memory
+  (the mirror) and everything goes on there: commits, the outbox's delivered and failed marks, the
+  firing set, so delivery goes on too. `recover()` (the daemon calls it with backoff) writes what
+  the mirror has that the file has not in one transaction, and the file takes over again. A store
+  that cannot be opened for writing at startup loads the file read-only into the mirror (or starts
+  empty when it cannot be read) and recovers the same way. While the daemon stays up nothing is
+  lost; a kill while in memory loses what the disk did not get: the lines are read again, as after
+  any crash.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import sqlite3
 import sys
@@ -39,7 +51,7 @@ import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import orjson
 
@@ -73,6 +85,25 @@ CREATE TABLE IF NOT EXISTS firing (alert_id TEXT PRIMARY KEY, alert BLOB NOT NUL
 # SQLite primary result codes that mean "this file is damaged", as opposed to "cannot open it"
 _SQLITE_CORRUPT = 11
 _SQLITE_NOTADB = 26
+# ... and those that mean "the storage refuses writes": SQLITE_PERM, READONLY, IOERR, FULL, CANTOPEN
+_SQLITE_STORAGE = frozenset({3, 8, 10, 13, 14})
+_STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT,
+                             errno.EFBIG, errno.EIO})  # fmt: skip
+# the tables a recovery writes back, with their keys; positions are always replaced whole
+_TABLES = (("positions", "source"), ("blobs", "name"), ("meta", "name"), ("outbox", "id"),
+           ("firing", "alert_id"))  # fmt: skip
+_PARTIAL_IDS = 1 << 40  # outbox ids of a mirror that could not copy the file start here: no clash
+
+T = TypeVar("T")
+
+
+def is_storage_error(exc: BaseException) -> bool:
+    """True for an error of the storage under the state dir (full, read-only, I/O), which the
+    daemon survives, as opposed to a bug or a damaged file."""
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        return code is not None and code & 0xFF in _SQLITE_STORAGE
+    return isinstance(exc, OSError) and exc.errno in _STORAGE_ERRNOS
 
 
 def _stderr(message: str) -> None:
@@ -122,7 +153,11 @@ def _is_damage(exc: sqlite3.DatabaseError) -> bool:
 
 
 class StateStore:
-    """The writing side: load what the last commit left, commit a batch atomically."""
+    """The writing side: load what the last commit left, commit a batch atomically.
+
+    `writable` is False while the state lives in the mirror (see the module docstring); `error`
+    then says why (the path and the error), `write_errors` counts the writes that failed.
+    """
 
     def __init__(
         self,
@@ -135,12 +170,34 @@ class StateStore:
         self.path = self.directory / DB_NAME
         self._log = log
         self._sync = sync
+        self.lock = threading.RLock()  # the connection in use: this thread's commits, the senders' outbox
+        self._disk: sqlite3.Connection | None = None
+        self._mirror: sqlite3.Connection | None = None
+        self._partial = False  # the mirror did not start as a copy of the file
+        self.error: str | None = None
+        self.write_errors = 0
+        self.loaded = "disk"  # where the state came from: disk, read-only (the file), empty
+        try:
+            self._disk = self._open()
+        except (OSError, sqlite3.Error) as exc:
+            if not is_storage_error(exc):
+                raise
+            self._start_in_memory(exc)
+
+    @property
+    def writable(self) -> bool:
+        return self._mirror is None
+
+    def connection(self) -> sqlite3.Connection:
+        """The connection holding the state now (the file's, or the mirror); use it under `lock`."""
+        conn = self._mirror or self._disk
+        assert conn is not None
+        return conn
+
+    def _open(self) -> sqlite3.Connection:
         if not self.directory.is_dir():
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.chmod(self.directory, 0o700)  # mkdir's mode is filtered by the umask
-        self._conn = self._open()
-
-    def _open(self) -> sqlite3.Connection:
         checking: list[sqlite3.Connection] = []
         try:
             reason = self._check_existing(checking)
@@ -158,25 +215,21 @@ class StateStore:
             if str(mode).lower() != "wal":
                 self._log(f"xinf-watch: state: {self.path}: WAL journal not available (got {mode})")
             conn.execute("BEGIN IMMEDIATE")
-            for statement in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
-                conn.execute(statement)
-            columns = {row[1] for row in conn.execute("PRAGMA table_info(outbox)")}
-            if "grp" not in columns:  # a database of an earlier release: its rows group by themselves
-                conn.execute("ALTER TABLE outbox ADD COLUMN grp TEXT NOT NULL DEFAULT ''")
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            _create_schema(conn)
             conn.execute("COMMIT")
         except BaseException:
             conn.close()
             raise
         return conn
 
-    def _check_existing(self, opened: list[sqlite3.Connection]) -> tuple[str, str] | None:
+    def _check_existing(self, opened: list[sqlite3.Connection], mode: str = "rw") -> tuple[str, str] | None:
         """Why the existing file cannot be used (kind, detail), or None when it can (or is absent).
         The connection it checks with goes to `opened`, for the caller to close."""
         if not self.path.exists():
             return None
         try:
-            conn = sqlite3.connect(self.path.resolve().as_uri() + "?mode=rw", uri=True, isolation_level=None)
+            conn = sqlite3.connect(self.path.resolve().as_uri() + f"?mode={mode}", uri=True,
+                                   isolation_level=None, check_same_thread=False)  # fmt: skip
         except sqlite3.DatabaseError as exc:
             if _is_damage(exc):
                 return "corrupt", str(exc)
@@ -216,13 +269,148 @@ class StateStore:
             " their start_at, counters and rule state start over"
         )
 
+    # -- the mirror: the state in memory while the file cannot be written ------------------------
+
+    def _start_in_memory(self, exc: BaseException) -> None:
+        """Startup without a writable file: the file's checkpoint read read-only, else empty state."""
+        self.write_errors += 1
+        self.error = self._describe(exc)
+        mirror = _memory()
+        # read-only; a WAL file closed cleanly has no -shm, which a read-only dir cannot get: then
+        # immutable (no -wal either, so nothing is missed)
+        for mode in ("ro", "ro&immutable=1"):
+            checking: list[sqlite3.Connection] = []
+            try:
+                if self._check_existing(checking, mode=mode) is None and self.path.exists():
+                    checking[0].backup(mirror)
+                    self.loaded = "read-only"
+                    break
+            except sqlite3.Error:
+                pass
+            finally:
+                for checker in checking:
+                    checker.close()
+        if self.loaded != "read-only":
+            mirror.close()
+            mirror, self.loaded = _memory(), "empty"
+        self._use_mirror(mirror, partial=self.loaded == "empty")
+
+    def _use_mirror(self, mirror: sqlite3.Connection, *, partial: bool) -> None:
+        mirror.execute("BEGIN")
+        _create_schema(mirror, outbox_from=_PARTIAL_IDS if partial else None)
+        mirror.execute("COMMIT")
+        self._mirror, self._partial = mirror, partial
+
+    def hold(self, error: str) -> None:
+        """Keep the state in memory from now on (the journal cannot be written: the file must not
+        get ahead of it); `recover` ends it."""
+        with self.lock:
+            self.error = error
+            if self._mirror is None:
+                self._to_memory()
+
+    def _to_memory(self) -> None:
+        mirror = _memory()
+        try:
+            assert self._disk is not None
+            self._disk.backup(mirror)
+            partial = False
+        except (OSError, sqlite3.Error):  # the file cannot even be read: what comes is kept alone
+            mirror.close()
+            mirror, partial = _memory(), True
+        self._use_mirror(mirror, partial=partial)
+
+    def recover(self) -> bool:
+        """Write the mirror's state to the file in one transaction and use the file again; True when
+        the file is in use (now or already). A storage error leaves everything in memory: False."""
+        with self.lock:
+            mirror = self._mirror
+            if mirror is None:
+                return True
+            try:
+                if self._disk is None:
+                    self._disk = self._open()
+                self._write_back(mirror)
+            except (OSError, sqlite3.Error) as exc:
+                if not is_storage_error(exc):
+                    raise
+                self.write_errors += 1
+                self.error = self._describe(exc)
+                return False
+            mirror.close()
+            self._mirror, self._partial, self.error = None, False, None
+            return True
+
+    def _write_back(self, mirror: sqlite3.Connection) -> None:
+        """What the mirror has that the file has not, in one transaction on the file. The file has not
+        changed since the mirror copied it, so rows missing from the mirror were deleted there (a
+        partial mirror deletes nothing but positions, which every commit gives whole)."""
+        mirror.execute("ATTACH DATABASE ? AS disk", (self.path.resolve().as_uri() + "?mode=rw",))
+        try:
+            mirror.execute(f"PRAGMA disk.synchronous = {self._sync}")
+            mirror.execute("BEGIN IMMEDIATE")
+            try:
+                for table, key in _TABLES:
+                    names = ", ".join(row[1] for row in mirror.execute(f"PRAGMA main.table_info({table})"))
+                    if table == "positions" or not self._partial:
+                        mirror.execute(f"DELETE FROM disk.{table}"
+                                       f" WHERE {key} NOT IN (SELECT {key} FROM main.{table})")  # fmt: skip
+                    changed = f"SELECT {names} FROM main.{table} EXCEPT SELECT {names} FROM disk.{table}"
+                    mirror.execute(f"INSERT OR REPLACE INTO disk.{table} ({names}) {changed}")
+                mirror.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    if mirror.in_transaction:
+                        mirror.execute("ROLLBACK")
+                raise
+        finally:
+            mirror.execute("DETACH DATABASE disk")
+
+    def _describe(self, exc: BaseException) -> str:
+        """The path and the error, with the OS's own word for it when SQLite has only its own
+        ("database or disk is full"): a small file written in the state dir finds it out."""
+        if isinstance(exc, OSError):
+            return f"{exc.filename or self.path}: {exc.strerror or exc}"
+        probe = self.directory / ".xinf-watch-probe"
+        why = ""
+        try:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, bytes(65536))
+            finally:
+                os.close(fd)
+                os.unlink(probe)
+        except OSError as os_exc:
+            why = f" ({os_exc.strerror or os_exc})"
+        return f"{self.path}: {exc}{why}"
+
+    # -- reading and writing --------------------------------------------------------------------
+
+    def write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `work` in one write transaction on the state: on the file, or, when the file refuses
+        it (a storage error), rolled back there and run on the mirror from then on."""
+        with self.lock:
+            if self._mirror is None:
+                assert self._disk is not None
+                try:
+                    return _transaction(self._disk, work)
+                except (OSError, sqlite3.Error) as exc:
+                    if not is_storage_error(exc):
+                        raise
+                    self.write_errors += 1
+                    self.error = self._describe(exc)
+                    self._to_memory()
+            assert self._mirror is not None
+            return _transaction(self._mirror, work)
+
     def load(self) -> Checkpoint:
-        conn = self._conn
-        positions = {
-            src: orjson.loads(data) for src, data in conn.execute("SELECT source, data FROM positions")
-        }
-        blobs = {name: orjson.loads(data) for name, data in conn.execute("SELECT name, data FROM blobs")}
-        row = conn.execute("SELECT value FROM meta WHERE name = 'committed_at'").fetchone()
+        with self.lock:
+            conn = self.connection()
+            positions = {
+                src: orjson.loads(data) for src, data in conn.execute("SELECT source, data FROM positions")
+            }
+            blobs = {name: orjson.loads(data) for name, data in conn.execute("SELECT name, data FROM blobs")}
+            row = conn.execute("SELECT value FROM meta WHERE name = 'committed_at'").fetchone()
         return Checkpoint(positions, blobs, None if row is None else float(row[0]))
 
     def commit(
@@ -230,13 +418,13 @@ class StateStore:
         positions: Mapping[str, Sequence[Mapping[str, Any]]],
         blobs: Mapping[str, Any],
         alerts: Sequence[tuple[Alert, Sequence[str]]],
-    ) -> None:
+    ) -> bool:
         """In one transaction: replace all positions (a source left out is forgotten), replace the
         given blobs (others stay), enqueue each alert for each of its targets (idempotent), and
-        keep the firing set: a firing alert enters it (or replaces itself), a resolution leaves it."""
-        conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        keep the firing set: a firing alert enters it (or replaces itself), a resolution leaves it.
+        True when it went to the file, False when to the mirror (`error` says why)."""
+
+        def work(conn: sqlite3.Connection) -> None:
             conn.execute("DELETE FROM positions")
             conn.executemany(
                 "INSERT INTO positions (source, data) VALUES (?, ?)",
@@ -263,26 +451,63 @@ class StateStore:
             conn.execute(
                 "INSERT OR REPLACE INTO meta (name, value) VALUES ('committed_at', ?)", (time.time(),)
             )
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:  # SQLite may already have rolled back (e.g. disk full at COMMIT)
-                conn.execute("ROLLBACK")
-            raise
+
+        with self.lock:
+            self.write(work)
+            return self.writable
 
     def keep_firing(self, keep: Callable[[dict[str, Any]], bool]) -> int:
         """Take the alerts `keep` refuses out of the firing set (their rule is gone: no resolution
         will come); returns how many."""
-        conn = self._conn
-        rows = conn.execute("SELECT alert_id, alert FROM firing").fetchall()
-        gone = [(alert_id,) for alert_id, alert in rows if not keep(orjson.loads(alert))]
-        if gone:
-            conn.execute("BEGIN IMMEDIATE")
+
+        def work(conn: sqlite3.Connection) -> int:
+            rows = conn.execute("SELECT alert_id, alert FROM firing").fetchall()
+            gone = [(alert_id,) for alert_id, alert in rows if not keep(orjson.loads(alert))]
             conn.executemany("DELETE FROM firing WHERE alert_id = ?", gone)
-            conn.execute("COMMIT")
-        return len(gone)
+            return len(gone)
+
+        return self.write(work)
 
     def close(self) -> None:
-        self._conn.close()
+        with self.lock:
+            for conn in (self._mirror, self._disk):
+                if conn is not None:
+                    conn.close()
+
+
+def _memory() -> sqlite3.Connection:
+    conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")  # for the file a recovery attaches
+    return conn
+
+
+def _create_schema(conn: sqlite3.Connection, *, outbox_from: int | None = None) -> None:
+    """The tables (in the caller's transaction); `outbox_from`: a fresh outbox numbers its rows from
+    there (a mirror that did not copy the file: its rows must not take the ids of the file's)."""
+    schema = _SCHEMA
+    if outbox_from is not None:
+        schema = schema.replace("id INTEGER PRIMARY KEY,", "id INTEGER PRIMARY KEY AUTOINCREMENT,")
+    for statement in filter(None, (s.strip() for s in schema.split(";"))):
+        conn.execute(statement)
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(outbox)")}
+    if "grp" not in columns:  # a database of an earlier release: its rows group by themselves
+        conn.execute("ALTER TABLE outbox ADD COLUMN grp TEXT NOT NULL DEFAULT ''")
+    if outbox_from is not None and conn.execute("SELECT count(*) FROM outbox").fetchone()[0] == 0:
+        conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('outbox', ?)", (outbox_from,))
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _transaction(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = work(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):  # SQLite may have rolled back already (full at COMMIT)
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+        raise
+    return result
 
 
 class Outbox:
@@ -293,9 +518,27 @@ class Outbox:
     other targets.
     """
 
-    def __init__(self, directory: Path, *, sync: Literal["NORMAL", "FULL"] = "NORMAL") -> None:
-        self._conn = _connect(Path(directory) / DB_NAME, create=False, sync=sync)
-        self._lock = threading.Lock()
+    def __init__(
+        self, directory: Path, *, sync: Literal["NORMAL", "FULL"] = "NORMAL", store: StateStore | None = None
+    ) -> None:
+        """`store`: use the store's connection and lock, so the outbox follows it into memory and
+        back (a state dir that cannot be written); else a connection of its own on the file."""
+        self._store = store
+        self._own = None if store else _connect(Path(directory) / DB_NAME, create=False, sync=sync)
+        self._lock: threading.Lock | threading.RLock = threading.Lock() if store is None else store.lock
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        if self._store is not None:
+            return self._store.connection()
+        assert self._own is not None
+        return self._own
+
+    def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        if self._store is not None:
+            return self._store.write(work)
+        with self._lock:
+            return work(self._conn)
 
     def pending(self) -> int:
         with self._lock:
@@ -409,15 +652,13 @@ class Outbox:
 
     def forget_firing(self, alert_ids: Collection[str]) -> None:
         """Take alerts out of the firing set that no resolution will ever end (one-off events)."""
-        with self._lock:
-            self._conn.executemany("DELETE FROM firing WHERE alert_id = ?", [(i,) for i in alert_ids])
+        rows = [(i,) for i in alert_ids]
+        self._write(lambda conn: conn.executemany("DELETE FROM firing WHERE alert_id = ?", rows))
 
     def delivered(self, item_id: int, now: float | None = None) -> None:
-        with self._lock:
-            self._conn.execute(
-                "UPDATE outbox SET delivered_at = ?, last_error = NULL WHERE id = ?",
-                (time.time() if now is None else now, item_id),
-            )
+        when = time.time() if now is None else now
+        sql = "UPDATE outbox SET delivered_at = ?, last_error = NULL WHERE id = ?"
+        self._write(lambda conn: conn.execute(sql, (when, item_id)))
 
     def failed(self, item_ids: int | Sequence[int], now: float, error: str) -> None:
         """Retry later: 1 s after the first failure, then 2 s, 4 s, ... at most BACKOFF_MAX. Never dropped.
@@ -425,22 +666,25 @@ class Outbox:
         the most tried one: a message is retried whole."""
         ids = [item_ids] if isinstance(item_ids, int) else list(item_ids)
         marks = ",".join("?" * len(ids))
-        with self._lock:
-            (tried,) = self._conn.execute(f"SELECT max(attempts) FROM outbox WHERE id IN ({marks})", ids)
+
+        def work(conn: sqlite3.Connection) -> None:
+            (tried,) = conn.execute(f"SELECT max(attempts) FROM outbox WHERE id IN ({marks})", ids)
             delay = min(BACKOFF_MAX, float(1 << min(int(tried[0] or 0), 20)))
-            self._conn.execute(
+            conn.execute(
                 f"""UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt = ?
                    WHERE id IN ({marks})""",
                 [error[:1000], now + delay, *ids],
             )
 
+        self._write(work)
+
     def prune(self, before: float) -> int:
         """Forget rows delivered before `before`; returns how many."""
-        with self._lock:
-            return self._conn.execute(
-                "DELETE FROM outbox WHERE delivered_at IS NOT NULL AND delivered_at < ?", (before,)
-            ).rowcount
+        sql = "DELETE FROM outbox WHERE delivered_at IS NOT NULL AND delivered_at < ?"
+        return self._write(lambda conn: conn.execute(sql, (before,)).rowcount)
 
     def close(self) -> None:
+        """Closes its own connection (a store's is the store's to close)."""
         with self._lock:
-            self._conn.close()
+            if self._own is not None:
+                self._own.close()
