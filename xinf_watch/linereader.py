@@ -5,8 +5,9 @@ identity or rotation: tail.py decides where a reader is placed, when it is read,
 writer is gone (`finish()`). Rule 5 of tail.py's spec is what this module does:
 
 - Lines are UTF-8 with replacement, without the "\n" and a "\r" before it.
-- `offset` is always just after the last line returned. Bytes after the last newline are held
-  (`held` counts them): not returned and not in the offset, until their newline arrives.
+- `offset` is always just after the last line returned, also when a read fails midway (the
+  batches already out stay read). Bytes after the last newline are held (`held` counts them):
+  not returned and not in the offset, until their newline arrives.
 - A line longer than `MAX_LINE_BYTES` (without its newline) is returned as an empty line, so the
   pipeline counts it as skipped and no parser or decoder ever sees more than `MAX_LINE_BYTES`;
   the rest of it is skipped up to its newline. `replay` reads files with `read_lines`, which
@@ -67,49 +68,51 @@ class LineReader:
         start = pos = self.offset
         done = False
         cut = 0
-        while pos - start < budget:
-            want = min(chunk, budget - (pos - start))
-            data = os.pread(self.fd, want, pos)
-            at_end = len(data) < want
-            begin = pos
-            if self.skipping:
-                nl = data.find(b"\n")
-                if nl < 0:
-                    pos += len(data)
-                    if at_end:
-                        done = True
-                        break
-                    continue
-                self.skipping = False
-                pos += nl + 1
-                data = data[nl + 1 :]
-            end = data.rfind(b"\n") + 1
-            if not end and not at_end:
-                # a line longer than this read: extend it alone, doubling, up to MAX_LINE_BYTES
-                while not end and not at_end and len(data) <= MAX_LINE_BYTES:
-                    searched = len(data)
-                    asked = min(max(searched, 1 << 16), MAX_LINE_BYTES + 1 - searched)
-                    more = os.pread(self.fd, asked, pos + searched)
-                    at_end = len(more) < asked
-                    data += more
-                    end = data.find(b"\n", searched) + 1
+        try:
+            while pos - start < budget:
+                want = min(chunk, budget - (pos - start))
+                data = os.pread(self.fd, want, pos)
+                at_end = len(data) < want
+                begin = pos
+                if self.skipping:
+                    nl = data.find(b"\n")
+                    if nl < 0:
+                        pos += len(data)
+                        if at_end:
+                            done = True
+                            break
+                        continue
+                    self.skipping = False
+                    pos += nl + 1
+                    data = data[nl + 1 :]
+                end = data.rfind(b"\n") + 1
                 if not end and not at_end:
-                    out.append(Batch(self.path, (OVERLONG_LINE,), begin, pos + MAX_LINE_BYTES))
-                    pos += MAX_LINE_BYTES
-                    self.skipping = True
-                    cut += 1
-                    continue
-                at_end = not end
-            if end:
-                out.append(Batch(self.path, tuple(_lines(data, end)), begin, pos + end))
-                pos += end
-            if at_end:
-                self.held = len(data) - end
-                done = True
-                break
+                    # a line longer than this read: extend it alone, doubling, up to MAX_LINE_BYTES
+                    while not end and not at_end and len(data) <= MAX_LINE_BYTES:
+                        searched = len(data)
+                        asked = min(max(searched, 1 << 16), MAX_LINE_BYTES + 1 - searched)
+                        more = os.pread(self.fd, asked, pos + searched)
+                        at_end = len(more) < asked
+                        data += more
+                        end = data.find(b"\n", searched) + 1
+                    if not end and not at_end:
+                        out.append(Batch(self.path, (OVERLONG_LINE,), begin, pos + MAX_LINE_BYTES))
+                        pos += MAX_LINE_BYTES
+                        self.skipping = True
+                        cut += 1
+                        continue
+                    at_end = not end
+                if end:
+                    out.append(Batch(self.path, tuple(_lines(data, end)), begin, pos + end))
+                    pos += end
+                if at_end:
+                    self.held = len(data) - end
+                    done = True
+                    break
+        finally:
+            self.offset = pos  # also after an error: the batches already out are read
         if done:
             self.size = max(self.size, pos + self.held)
-        self.offset = pos
         return Progress(pos - start, done, cut)
 
     def finish(self, out: list[Batch]) -> None:

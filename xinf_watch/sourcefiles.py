@@ -11,6 +11,7 @@ descriptor it opens is handed back or closed.
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import hashlib
 import os
@@ -108,10 +109,27 @@ def read_head(fd: int) -> bytes:
     return os.pread(fd, FINGERPRINT_BYTES, 0)
 
 
+def head_or_empty(fd: int) -> bytes:
+    """`read_head`, or nothing when the file cannot be read now (a copy check then finds no copy)."""
+    try:
+        return read_head(fd)
+    except OSError:
+        return b""
+
+
 def same_start(head: bytes, other: bytes) -> bool:
     """Both files start alike, as far as the shorter goes: one is a copy of the other."""
     n = min(len(head), len(other))
     return n > 0 and head[:n] == other[:n]
+
+
+# A file gone between two calls: deleted (ENOENT), its process exited (ESRCH: /proc/PID/*), or
+# deleted on the server (ESTALE: NFS). Not a problem to report: the file is simply not there.
+VANISHED = frozenset({errno.ENOENT, errno.ESRCH, errno.ESTALE})
+
+
+def vanished(e: OSError) -> bool:
+    return e.errno in VANISHED
 
 
 def rotation_rank(path: str) -> int:
@@ -149,23 +167,30 @@ class Problems:
 
     @contextlib.contextmanager
     def guard(self, path: str) -> Iterator[None]:
-        """An I/O error on one file is reported and retried next poll, never raised."""
+        """An I/O error on one file is reported and retried next poll, never raised; a file that
+        vanished is not reported (the scan no longer finds it, tail.py lets it go)."""
         try:
             yield
         except OSError as e:
+            self.failed(path, e)
+
+    def failed(self, path: str, e: OSError) -> None:
+        if not vanished(e):
             self.report(f"io {path}", f"{path}: {e.strerror or e}; retrying every poll")
 
 
 def open_regular(path: str, key: Key | None, problems: Problems) -> tuple[int, os.stat_result] | None:
     """A descriptor on the regular file at `path` (and only if it is `key`, when given)."""
+    fd = -1
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except FileNotFoundError:
-        return None
+        st = os.fstat(fd)
     except OSError as e:
-        problems.report(f"open {path}", f"{path}: cannot open ({e.strerror or e}); retrying every poll")
+        if fd >= 0:
+            os.close(fd)
+        if not vanished(e):
+            problems.report(f"open {path}", f"{path}: cannot open ({e.strerror or e}); retrying every poll")
         return None
-    st = os.fstat(fd)
     if stat.S_ISREG(st.st_mode) and key in (None, (st.st_dev, st.st_ino)):
         return fd, st
     os.close(fd)
@@ -204,9 +229,9 @@ def scan(
     for path in sorted(glob.glob(pattern)):
         try:
             st = os.stat(path)
-        except FileNotFoundError:
-            continue  # gone since the glob, or a dangling symlink
         except OSError as e:
+            if vanished(e):
+                continue  # gone since the glob, or a dangling symlink
             problems.report(f"stat {path}", f"{path}: cannot stat ({e.strerror}); retrying every poll")
             complete = False
             continue
@@ -263,7 +288,7 @@ def reopen(
         if opened and not (
             opened[1].st_size >= pos.offset
             and (opened[1].st_dev, opened[1].st_ino) not in held
-            and starts_with(read_head(opened[0]), ident)
+            and starts_with(head_or_empty(opened[0]), ident)
         ):
             os.close(opened[0])
             opened = None
@@ -304,8 +329,12 @@ def find_copy(
             fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
         except OSError:
             continue
-        st = os.fstat(fd)
-        head = read_head(fd)
+        try:
+            st = os.fstat(fd)
+            head = read_head(fd)
+        except OSError:
+            os.close(fd)
+            continue
         if (st.st_dev, st.st_ino) == key and starts_with(head, old):
             return OpenFile.opened(path, fd, st, head, now)
         os.close(fd)

@@ -17,7 +17,9 @@ descriptor we hold, under whatever name leads to it.
    from 0: files appearing later, a missing file or directory that comes back, and, on a restart,
    files the positions do not cover (so a daemon resuming a known source passes
    start_at="beginning" even when its saved positions are empty). A file starting with the gzip
-   magic is a compressed rotation of content already read: ignored.
+   magic is a compressed rotation of content already read: ignored. So is a file of size 0 that
+   has content (made when read, as in /proc and /sys: nothing is appended to it), logged once per
+   source.
 2. rename+create (logrotate, nginx, symlink swaps, Python's Rotating/TimedRotatingFileHandler):
    a name now leads to another inode. The old file stays open and is drained: read to its end
    every poll until `drain_grace` seconds after it was last seen growing (the writer keeps writing
@@ -33,7 +35,9 @@ descriptor we hold, under whatever name leads to it.
    Copies are never read on their own: a new file whose content so far is the start of a live
    file's (compared over up to `FINGERPRINT_BYTES`) follows that file's offset (a copy seen
    before the truncation, `cp` by hand), and is read only from where its original stood when the
-   original was truncated.
+   original was truncated. It stays a copy only while it is the start of its original (checked
+   every poll): once it is not (another log that began alike, with the same header or the same
+   first request, and went on with lines of its own), it never was one, and is read from 0.
    Copied and truncated twice between two polls (the daemon polls at least every 250 ms: two
    rotations within that time, or while it is down): the first copy is found by our fingerprint;
    the second starts with content we never saw, so nothing but its name and time tells it from
@@ -63,6 +67,11 @@ descriptor we hold, under whatever name leads to it.
    looked for every poll.
 8. Problems (directory missing or unreadable, permission denied, read errors) never raise out of
    `poll()`: each is logged once while it lasts, once more when it clears, and retried every poll.
+   Every OS call on a file (open, fstat, read) is guarded for that file alone: an error while
+   looking at another file's first bytes (rule 3) costs that look, not this file. A file that
+   vanishes (ENOENT, ESRCH: /proc/PID/* of a process that exited, ESTALE) is no problem and not
+   logged: gone between the glob and a read, it is closed and not followed; followed, it is
+   closed once no name leads to it and its reads fail so (its content is gone with it).
 
 Counters (exported by the daemon as `xinf_watch_rotations_total`, `xinf_watch_truncations_total`).
 `rotations`: rotations followed, a new file under a name a followed file had (rules 2, 4) or a
@@ -79,8 +88,10 @@ Beyond any tailer, and logged where visible: lines written between logrotate's c
 truncate; a file rotated out of the glob and rotated again before a poll saw it (the second copy of
 two copytruncates between two polls, rule 3, is one); a file that was empty at the last poll, then
 copied and truncated before the next one (its copy cannot be recognised); a rotated file deleted
-before it was ever opened. Two different files sharing their first bytes (identical first lines)
-would be taken for copies of each other.
+before it was ever opened. Two different files identical over their first `FINGERPRINT_BYTES`
+are taken for copies of each other (rule 3); files that begin alike and differ within them are
+told apart, except that a restart resumes a file that was still the start of another (a copy so
+far) past the part it shares with it.
 """
 
 from __future__ import annotations
@@ -96,7 +107,16 @@ from typing import Literal
 
 from xinf_watch import sourcefiles
 from xinf_watch.linereader import MAX_LINE_BYTES, Batch, last_line_end
-from xinf_watch.sourcefiles import FileIdentity, Key, OpenFile, Position, fingerprint, read_head, starts_with
+from xinf_watch.sourcefiles import (
+    FileIdentity,
+    Key,
+    OpenFile,
+    Position,
+    fingerprint,
+    head_or_empty,
+    read_head,
+    starts_with,
+)
 
 __all__ = [
     "MAX_LINE_BYTES",
@@ -147,6 +167,7 @@ class SourceTailer:
         self._names = {p.path for p in positions}  # every name a followed file had: reuse = rotation
         self._pending = False
         self._closed = False
+        self._told_generated = False
         self._unverified: list[Key] = []  # resumed from an empty fingerprint: maybe a reused inode
         self.rotations = 0
         self.truncations = 0
@@ -245,9 +266,10 @@ class SourceTailer:
                 f.grown_at = now
 
         for t, _, _ in truncated:  # new content: classified like a new file below
-            head = read_head(t.fd)
-            t.fp, t.fp_len = fingerprint(head), len(head)
-            t.place(0)
+            with self._problems.guard(t.path):
+                head = read_head(t.fd)
+                t.fp, t.fp_len = fingerprint(head), len(head)
+                t.place(0)
             t.leader = None
             for g in self._files.values():
                 if g.leader == t.key:
@@ -282,21 +304,35 @@ class SourceTailer:
         if opened is None:
             return
         fd, st = opened
-        head = read_head(fd)
-        if head.startswith(sourcefiles.GZIP_MAGIC):
-            os.close(fd)
-            self._ignored.add(key)
-            return
-        f = OpenFile.opened(path, fd, st, head, now)
-        retired = self._retired.pop(key, None)
-        if self._classify(f, head, truncated):
-            pass
-        elif retired and starts_with(head, retired[0]) and f.size >= retired[1]:
-            f.place(retired[1])
-        elif key in self._initial and self._start_at == "end":
-            f.place(last_line_end(fd, f.size))
-        elif path in self._names:
-            self.rotations += 1
+        try:
+            head = read_head(fd)
+            generated = bool(head) and not st.st_size and not os.fstat(fd).st_size  # not grown since: no size
+            if head.startswith(sourcefiles.GZIP_MAGIC) or generated:
+                os.close(fd)
+                self._ignored.add(key)
+                if generated and not self._told_generated:
+                    self._told_generated = True
+                    self._log(
+                        f"{self.source}: {path}: not a log file (size 0 with content: made when read, "
+                        "as in /proc or /sys); ignored, like every such file of this source"
+                    )
+                return
+            f = OpenFile.opened(path, fd, st, head, now)
+            retired = self._retired.get(key)
+            rotated = False
+            if self._classify(f, head, truncated):
+                pass
+            elif retired and starts_with(head, retired[0]) and f.size >= retired[1]:
+                f.place(retired[1])
+            elif key in self._initial and self._start_at == "end":
+                f.place(last_line_end(fd, f.size))
+            else:
+                rotated = path in self._names
+        except OSError:
+            os.close(fd)  # gone or unreadable since it was opened: the next scan finds it again, or not
+            raise
+        self.rotations += rotated
+        self._retired.pop(key, None)
         self._initial.discard(key)
         self._names.add(path)
         self._files[key] = f
@@ -310,7 +346,7 @@ class SourceTailer:
         for g in self._files.values():
             if g is f or g.leader is not None or g.size < f.size:
                 continue
-            if sourcefiles.same_start(head, read_head(g.fd)):
+            if sourcefiles.same_start(head, head_or_empty(g.fd)):
                 f.leader = g.key
                 f.place(min(g.offset, f.size))
                 return True
@@ -320,7 +356,7 @@ class SourceTailer:
         """`t` was truncated (or rewritten) at `offset`: read what it lost from a copy, then `t` anew."""
         self.truncations += 1
         copies = sorted(
-            (g for g in self._files.values() if g is not t and starts_with(read_head(g.fd), old)),
+            (g for g in self._files.values() if g is not t and starts_with(head_or_empty(g.fd), old)),
             key=lambda g: g.size,
             reverse=True,
         )
@@ -350,7 +386,11 @@ class SourceTailer:
         """Rule 3, copied and truncated twice between two polls: the second copy cannot be told from
         any other file, so it is not read; files that may be it are logged as possible data loss."""
         held = self._files.keys() | self._retired.keys()
-        later = sourcefiles.later_rotations(t.path, os.fstat(copy.fd).st_mtime_ns, held)
+        try:
+            copied_at = os.fstat(copy.fd).st_mtime_ns
+        except OSError:
+            return  # the copy is gone again: nothing to date later copies by
+        later = sourcefiles.later_rotations(t.path, copied_at, held)
         if later:
             self._log(
                 f"{self.source}: {t.path}: recovered from its copy {copy.path}, but {', '.join(later)} "
@@ -362,10 +402,16 @@ class SourceTailer:
         for g in self._files.values():
             if g.leader is not None:
                 leader = self._files.get(g.leader)
-                if leader is None or g.size > leader.size:
-                    g.leader = None  # not (or no longer) a copy: read on its own from here
-                else:
-                    with self._problems.guard(g.path):
+                with self._problems.guard(g.path):
+                    original = b"" if leader is None else read_head(leader.fd)
+                    if leader is not None and not sourcefiles.same_start(read_head(g.fd), original):
+                        # it went on with lines of its own: never a copy, but another log that began
+                        # alike (the same header, the same first request); all of it is its own
+                        g.leader = None
+                        g.place(0)
+                    elif leader is None or g.size > leader.size:
+                        g.leader = None  # not (or no longer) a copy: read on its own from here
+                    else:
                         g.place(min(leader.offset, g.size))
 
     # -- reading ----------------------------------------------------------------------------
@@ -374,7 +420,7 @@ class SourceTailer:
         batches: list[Batch] = []
         self._pending = False
         for f in list(self._files.values()):
-            with self._problems.guard(f.path):
+            try:
                 if f.leader is None:
                     if budget <= 0:
                         self._pending |= f.size > f.offset + f.held
@@ -386,6 +432,11 @@ class SourceTailer:
                         continue
                 if not f.current and now - f.grown_at >= self._grace:
                     self._let_go(f, now, batches)
+            except OSError as e:
+                if sourcefiles.vanished(e) and not f.current:
+                    self._close(f)  # no name leads to it and its content is gone with it (/proc/PID)
+                else:
+                    self._problems.failed(f.path, e)
         self._sync_followers()
         return batches
 
@@ -403,6 +454,9 @@ class SourceTailer:
         if f.leader is None:
             self._read(f, sys.maxsize, now, out)
             f.finish(out)
+        self._close(f)
+
+    def _close(self, f: OpenFile) -> None:
         for g in self._files.values():
             if g.leader == f.key:
                 g.leader = None
