@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import Workspace, access_line, denied_line, json_url, received_alerts
+from harness import Workspace, access_line, denied_line, json_url, received_alerts, total
 from receivers import Alertmanager, HTTPReceiver, wait_until
 from tools import require_program
 
@@ -21,8 +21,10 @@ from xinf_watch.alerts import alerts_in
 pytestmark = pytest.mark.system
 
 SILENT = {"name": "gateway-silent", "kind": "absent", "for": "2s", "severity": "critical", "notify": ["ops"]}
+# max_alerts: 0, so that all 200 alerts reach the channel: what is tested here is delivery's grouping
+# (the rule engine's flood limit, which would fold them into one, is tests/test_flood.py's)
 FLOOD = {"name": "webui-external", "kind": "match", "when": {"ip": ["198.51.100.0/24"]}, "by": ["ip"],
-         "cooldown": "0s", "severity": "warning", "notify": ["ops"]}  # fmt: skip
+         "cooldown": "0s", "severity": "warning", "notify": ["ops"], "max_alerts": 0}  # fmt: skip
 CRITICAL = {"name": "admin-route-external", "kind": "match", "when": {"ip": ["203.0.113.99/32"]},
             "by": ["ip"], "cooldown": "0s", "severity": "critical", "notify": ["ops"]}  # fmt: skip
 
@@ -139,3 +141,37 @@ def test_flood_is_grouped_and_a_critical_alert_is_not_held_behind_it(ws: Workspa
     assert len(flood_messages) <= 4  # the first at once, the rest folded per 3 s interval
     assert critical_latency < 1.5  # not held for the flood's 3 s interval
     assert first_latency < 1.5
+
+
+def test_a_flood_is_held_back_counted_and_a_critical_alert_in_it_goes_out_at_once(ws: Workspace) -> None:
+    """The flood limit in the real daemon: 600 firings of one rule (max_alerts: 5) reach the receiver
+    as 5 alerts and one flood alert, the rest counted in xinf_watch_alerts_held_back_total, the
+    journal holding exactly what was sent; another rule's critical alert in the middle goes out."""
+    receiver = HTTPReceiver().start()
+    try:
+        ws.log.touch()
+        limited = FLOOD | {"max_alerts": 5}
+        ws.write_rules(rules=[limited, CRITICAL], notify={"ops": [json_url(receiver)]},
+                       extra={"delivery": {"group_interval": "0s"}})  # fmt: skip
+        d = ws.daemon().start()
+        lines = [denied_line(i, f"198.51.100.{i % 250 + 1}") for i in range(600)]  # cooldown 0s: each fires
+        append(ws.log, lines[:300])
+        append(ws.log, [denied_line(10_000, "203.0.113.99")])
+        written = time.monotonic()
+        append(ws.log, lines[300:])
+        wait_until(lambda: len(received_alerts(receiver)) >= 7, timeout=30, what="7 alerts")
+        d.wait_until(lambda m: total(m, "xinf_watch_alerts_held_back_total", rule="webui-external") == 595,
+                     timeout=30, what="595 held back")  # fmt: skip
+        time.sleep(1.0)  # room for more than was due
+        requests = list(receiver.requests)
+        d.terminate()
+    finally:
+        receiver.stop()
+    alerts = [a for r in requests for a in alerts_in(r.json()["message"])]
+    flood = [a for a in alerts if a["kind"] == "flood"]
+    assert len(alerts) == 7 and len(flood) == 1, [a["summary"] for a in alerts]
+    assert flood[0]["group"] == {"flood": "webui-external"} and flood[0]["status"] == "firing"
+    assert len([a for a in alerts if a["rule"] == "webui-external" and a["kind"] == "match"]) == 5
+    critical_at = next(r.at for r in requests if "admin-route-external" in r.json()["title"])
+    assert critical_at - written < 5.0
+    assert sorted(a["id"] for a in ws.journal()) == sorted(a["id"] for a in alerts)

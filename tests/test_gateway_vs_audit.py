@@ -102,7 +102,8 @@ def test_nginx_and_audit_agree_key_by_key(events: dict[str, list[Event]]) -> Non
     named = {key for key in by_key(gateway) if key not in ("unknown", "none")}
     assert {key: by_key(gateway)[key] for key in named} == {key: by_key(audit)[key] for key in named}
     assert by_key(gateway)["etl-embed"] == 342  # README: background mix by key
-    # 4.1.0 audits what docs/xinference/FACTS.md (main after 3.2.1) says is never audited: the WebUI, public routes
+    # 4.1.0 audits what docs/xinference/FACTS.md (main after 3.2.1) says is never audited:
+    # the WebUI and the public routes
     webui_and_public = {"/", "/ui/", "/docs", "/openapi.json", "/token"}
     assert {
         e.path for e in audit if e.path in webui_and_public or e.path.startswith("/_next/")

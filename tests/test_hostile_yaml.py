@@ -117,5 +117,6 @@ def test_a_bad_character_is_named_with_its_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(rules)
     assert str(caught.value) == (
-        f"{rules}:3: (yaml): character #x001b is not allowed in YAML at column 12 (expected valid YAML syntax)"
+        f"{rules}:3: (yaml): character #x001b is not allowed in YAML at column 12 "
+        "(expected valid YAML syntax)"
     )

@@ -70,7 +70,7 @@ import apprise
 import orjson
 from apprise.manager_plugins import NotificationManager
 
-from xinf_watch.model import Alert, format_ts
+from xinf_watch.model import ONE_OFF_KINDS, Alert, format_ts
 from xinf_watch.state import Outbox, OutboxItem, is_storage_error
 from xinf_watch.visible import visible, visible_json
 
@@ -80,7 +80,6 @@ PASS_LIMIT = 1000  # outbox rows one delivery pass takes
 MAX_GROUP = 200  # alerts in one grouped message, at most
 AM_BATCH = 500  # alerts in one Alertmanager POST, at most
 RESEND_FACTOR = 4  # a firing alert's endsAt is this many resend intervals ahead (Prometheus: 4)
-ONE_OFF_KINDS = frozenset({"match", "new_value"})  # rule kinds whose alerts never resolve: one event each
 DEFAULT_EVENT_TTL = 3600.0  # how long a one-off alert stays active in Alertmanager (alertmanager.event_ttl)
 LANE_GRACE = 4.0  # seconds a stopping sender waits for the sends in progress (the daemon waits 5)
 KEEP_DELIVERED = 7 * 86400.0  # delivered outbox rows are kept this long for de-duplication

@@ -110,6 +110,7 @@ Where = tuple[str | int, ...]
 Duration = Annotated[float, PlainValidator(check_duration(positive=True)), _DURATION]
 DurationOrZero = Annotated[float, PlainValidator(check_duration(positive=False)), _DURATION]
 Count = Annotated[int, Strict(), Field(ge=1), Expect("an integer >= 1")]
+CountOrZero = Annotated[int, Strict(), Field(ge=0), Expect("an integer >= 0")]
 Name = Annotated[str, PlainValidator(check_name), Expect("a name without spaces, e.g. gateway")]
 EventFields = Annotated[
     tuple[str, ...],
@@ -252,6 +253,7 @@ class RuleBase(Frozen):
         Expect("a list of notify groups"),
     ] = ()
     cooldown: DurationOrZero = 600.0
+    max_alerts: CountOrZero = 20  # firing alerts in any 10 minutes; more make one flood alert (0: no limit)
 
     @field_validator("when", mode="before")
     @classmethod

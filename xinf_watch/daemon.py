@@ -80,8 +80,8 @@ class LoopStats:
     """The daemon's own counters (xinf_watch_* beyond what MetricsStore holds).
 
     The exported counters are committed with the others (the `loop` blob) and continue across
-    restarts; `evicted` is the rule state's own (saved with it), `files_open` a gauge, `lines` only
-    feeds the STATUS rate.
+    restarts; `evicted` and `held_back` are the rule state's own (saved with it), `files_open` a
+    gauge, `lines` only feeds the STATUS rate.
     """
 
     files_open: dict[str, int] = field(default_factory=dict)
@@ -90,6 +90,7 @@ class LoopStats:
     batches: int = 0
     lines: int = 0
     evicted: dict[str, int] = field(default_factory=dict)
+    held_back: dict[str, int] = field(default_factory=dict)
     line_errors: dict[str, int] = field(default_factory=dict)
     state_writable: bool = True
     state_write_errors: int = 0
@@ -137,6 +138,10 @@ class DaemonCollector(Collector):
                                           "because a rule's memory cap was reached.", labels=("rule",))
             for rule, n in sorted(s.evicted.items()):
                 evicted.add_metric((rule,), n)
+            held_back = CounterMetricFamily("xinf_watch_alerts_held_back", "Firing alerts not sent because "
+                                            "their rule was flooding (max_alerts).", labels=("rule",))
+            for rule, n in sorted(s.held_back.items()):
+                held_back.add_metric((rule,), n)
             writable = GaugeMetricFamily("xinf_watch_state_writable", "1 when the state dir takes writes, 0 "
                                          "while state and alerts are kept in memory (disk full, read-only).")
             writable.add_metric((), int(s.state_writable))
@@ -144,7 +149,7 @@ class DaemonCollector(Collector):
                                                "that failed (commits, journal appends, their retries).")
             write_errors.add_metric((), s.state_write_errors)
         yield from families
-        yield from (files, reloads, batch, batches, evicted, errors, writable, write_errors)
+        yield from (files, reloads, batch, batches, evicted, held_back, errors, writable, write_errors)
 
 
 class Daemon:
@@ -359,6 +364,7 @@ class Daemon:
                 self.stats.batches += 1
                 self.stats.batch_seconds_sum += time.perf_counter() - started
             self.stats.evicted = self.engine.evicted
+            self.stats.held_back = self.engine.held_back
             self._dirty = self._dirty or lines > 0
             if not alerts and not (force_commit and self._dirty):
                 return False

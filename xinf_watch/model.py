@@ -70,6 +70,9 @@ class Severity(StrEnum):
     CRITICAL = "critical"
 
 
+ONE_OFF_KINDS = frozenset({"match", "new_value"})  # rule kinds whose alerts never resolve: one event each
+
+
 class AlertStatus(StrEnum):
     FIRING = "firing"
     RESOLVED = "resolved"

@@ -39,6 +39,7 @@ from xinf_watch.clockrules import check_absent, check_key_expiry
 from xinf_watch.episodes import notify_held_back
 from xinf_watch.eventrules import HANDLERS, Handler, describe_now, flush_held, settle
 from xinf_watch.filters import admits
+from xinf_watch.flood import FLOOD_KIND, FloodGate
 from xinf_watch.keys import KeyRegistry
 from xinf_watch.model import Alert, Event, KeyState
 from xinf_watch.rulestate import NEVER, CompiledRule, finite_or_none, gc_paused
@@ -77,6 +78,8 @@ class RuleEngine:
         self._match_rules = [r for r in self.rules if r.kind == "match"]
         # (credential, key_state, outcome, scope_allowed, ip_allowed, ip_forwarded) -> rules to try
         self._plans: dict[tuple[Any, ...], tuple[tuple[CompiledRule, Handler], ...]] = {}
+        limited = [r for r in self.rules if r.config.max_alerts]
+        self._gates = {r.name: FloodGate(r.name, r.severity, r.config.max_alerts) for r in limited}
 
     # -- input ---------------------------------------------------------------------------------
 
@@ -100,7 +103,7 @@ class RuleEngine:
         if gap:
             # A gap in the log is silence the clock-driven rules must see before the line that
             # ends it is counted (`absent`), as the live daemon's timer sees it while no line comes.
-            out.extend(self.advance(now))
+            out.extend(self._advance(now))
         at = now if ts <= now else ts  # the time its rules see: its own, unless it is late
         written = ts if ts <= now else now  # when its source wrote, as far as the clock can tell
         last = self.source_last_seen.get(event.source)
@@ -129,8 +132,8 @@ class RuleEngine:
         if new_key and self._expiry_rules:
             out.extend(self._check_key_expiry(now))  # a key's first use: check it at once
         if gap or now >= self.next_tick:
-            out.extend(self.advance(now))
-        return out
+            out.extend(self._advance(now))
+        return self._gated(out) if out and self._gates else out
 
     @property
     def last_write(self) -> float | None:
@@ -139,6 +142,10 @@ class RuleEngine:
 
     def advance(self, now: float) -> list[Alert]:
         """Time-driven transitions at `now`: resolutions, absent sources, expiring keys."""
+        out = self._advance(now)
+        return self._gated(out) if out and self._gates else out
+
+    def _advance(self, now: float) -> list[Alert]:
         if self.started is None:
             self.started = now
         if now > self.now:
@@ -158,11 +165,30 @@ class RuleEngine:
         for rule in self._match_rules:
             if rule.held:
                 out.extend(flush_held(rule, now))
+        for gate in self._gates.values():
+            if gate.flood is not None:
+                out.extend(gate.settle(now))
+        return out
+
+    def _gated(self, alerts: list[Alert]) -> list[Alert]:
+        """`alerts` through their rules' flood limits (`flood.py`)."""
+        out: list[Alert] = []
+        for alert in alerts:
+            gate = self._gates.get(alert.rule)
+            if gate is None or alert.kind == FLOOD_KIND:
+                out.append(alert)
+            else:
+                out.extend(gate.admit(alert, self.now))
         return out
 
     @property
     def evicted(self) -> dict[str, int]:
         return {r.name: r.evicted for r in self.rules if r.evicted}
+
+    @property
+    def held_back(self) -> dict[str, int]:
+        """Firing alerts each rule's flood limit held back, ever (saved with the rule state)."""
+        return {name: gate.held_back_total for name, gate in self._gates.items() if gate.held_back_total}
 
     def _check_key_expiry(self, now: float) -> list[Alert]:
         out: list[Alert] = []
@@ -187,6 +213,7 @@ class RuleEngine:
             "source_last_seen": dict(self.source_last_seen),
             "keys_last_used": dict(sorted(self.keys_last_used.items())),
             "rules": rules,
+            "floods": {name: gate.snapshot() for name, gate in self._gates.items()},
         }
 
     def restore(self, data: Any) -> None:
@@ -216,6 +243,10 @@ class RuleEngine:
             with gc_paused():
                 for rule in self.rules:
                     rule.restore(rules.get(rule.name))
+        floods = data.get("floods")
+        if isinstance(floods, dict):
+            for name, gate in self._gates.items():
+                gate.restore(floods.get(name))
 
 
 def _number(value: Any) -> float | None:
