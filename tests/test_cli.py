@@ -113,9 +113,26 @@ def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None
 
 def test_check_valid_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rules = write_rules(tmp_path / "rules.yaml", [gateway()], [FIXTURES / "keys.yaml"])
+    doc = yaml.safe_load(rules.read_text()) | {"state": {"dir": str(tmp_path / "state")}}
+    rules.write_text(yaml.safe_dump(doc))
     code, out, err = run_main(capsys, "check", "--rules", rules)
     assert (code, err) == (0, "")
     assert out == f"{rules}: ok: 1 sources, 12 keys, 0 rules\n"
+
+
+def test_check_notes_a_state_dir_the_daemon_could_not_create(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "taken").write_text("a file, not a directory")
+    rules = write_rules(tmp_path / "rules.yaml", [gateway()], [FIXTURES / "keys.yaml"])
+    doc = yaml.safe_load(rules.read_text()) | {"state": {"dir": str(tmp_path / "taken" / "state")}}
+    rules.write_text(yaml.safe_dump(doc))
+    code, out, err = run_main(capsys, "check", "--rules", rules)
+    assert (code, out) == (0, f"{rules}: ok: 1 sources, 12 keys, 0 rules\n")  # a note, not an error
+    assert err == (
+        f"{rules}: note: state.dir {tmp_path}/taken/state: {tmp_path}/taken is not a directory; run as "
+        "this user, the daemon would keep its state and alerts in memory until it can write there\n"
+    )
 
 
 def test_check_valid_config_as_a_process(tmp_path: Path) -> None:

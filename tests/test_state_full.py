@@ -19,6 +19,7 @@ import json
 import os
 import sqlite3
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -261,6 +262,21 @@ def test_read_only_state_dir_without_a_database_starts_empty(read_only: tuple[Pa
     assert store.recover()
     store.close()
     assert on_disk(directory / "state")["outbox"] == [("alert1", "firing", "ops[1]", 0, 0)]
+
+
+def test_check_notes_a_read_only_state_dir(read_only: tuple[Path, Path], tmp_path: Path) -> None:
+    _, view = read_only
+    set_read_only(view, True)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(f"sources: []\nstate: {{dir: {view / 'state'}}}\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "xinf_watch", "check", "--rules", str(rules)], capture_output=True, text=True
+    )
+    assert done.returncode == 0 and done.stdout == f"{rules}: ok: 0 sources, 0 keys, 0 rules\n"
+    assert done.stderr == (
+        f"{rules}: note: state.dir {view}/state: {view} is not writable by uid {os.getuid()}; run as "
+        "this user, the daemon would keep its state and alerts in memory until it can write there\n"
+    )
 
 
 # -- the real daemon ----------------------------------------------------------------------------

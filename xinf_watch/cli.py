@@ -311,10 +311,29 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
                 f"{args.rules}: note: source {source.name!r}: {source.path} matches no file yet",
                 file=sys.stderr,
             )
+    problem = state_dir_problem(config.state.dir)
+    if problem:
+        print(
+            f"{args.rules}: note: state.dir {config.state.dir}: {problem}; run as this user, the daemon "
+            "would keep its state and alerts in memory until it can write there",
+            file=sys.stderr,
+        )
     out.write(
         f"{args.rules}: ok: {len(config.sources)} sources, {len(registry)} keys, {len(config.rules)} rules\n"
     )
     return Exit.OK
+
+
+def state_dir_problem(directory: Path) -> str | None:
+    """Why this user could not create or write `directory`, or None when it can."""
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is not a directory"
+    if not os.access(existing, os.W_OK | os.X_OK):  # also false on a read-only mount, even for root
+        return f"{existing} is not writable by uid {os.getuid()}"
+    return None
 
 
 def add_init_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser],
