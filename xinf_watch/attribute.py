@@ -11,6 +11,8 @@ use also says what refuses it (`scope_denied_by`: its permissions, or advanced a
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from xinf_watch.addresses import parse_ip
 from xinf_watch.keys import Attribution, KeyRegistry
@@ -57,6 +59,22 @@ def reason_from_status(
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class RoutePlan:
+    """What follows from a request's few repeating fields (credential kind, key state and
+    permissions, method, path, status): computed once per distinct combination."""
+
+    path: str
+    scope: str
+    scope_allowed: bool | None
+    scope_denied_by: ScopeDenial | None
+    reason: str | None
+    outcome: Outcome
+
+
+PLAN_CACHE_LIMIT = 16384  # combinations; paths are attacker-chosen: beyond, start over
+
+
 class Attributor:
     """Attributes the records of one source; `registry` is a getter so a reload swaps it in place."""
 
@@ -66,6 +84,9 @@ class Attributor:
         self.scopes = scopes
         # Whether this source's log shows credentials at all: true from its first record with one.
         self.credentials_logged = False
+        self._plans: dict[tuple[Any, ...], RoutePlan] = {}
+        self._allowed: dict[tuple[str, str], bool] = {}  # (key, ip) -> inside its allowed_ips
+        self._allowed_registry: KeyRegistry | None = None  # the registry `_allowed` was made with
 
     def attribute(self, record: Record) -> Event:
         registry = self.registry()
@@ -75,45 +96,68 @@ class Attributor:
             who = registry.resolve_consumer(record.consumer, record.ts)
         else:
             who = registry.resolve(record.credential, record.ts)
-        path = decode_path(record.path)
-        scope = self.scopes.scope_for(record.method, record.path)  # decodes like Starlette: once
-        api_key = who.credential is CredentialKind.API_KEY
-        scope_allowed = self.scopes.covers(who.permissions, scope, api_key=api_key)
-        denied_by: ScopeDenial | None = None
-        if scope_allowed is False:
-            denied_by = self.scopes.denied_by(scope, api_key=api_key)
         if record.credential is not None and not self.credentials_logged:
             self.credentials_logged = True
-        reason = record.reason
-        if reason is None and (record.status == 401 or record.status == 403):
-            reason = reason_from_status(
-                record.status, who, scope_allowed, credentials_logged=self.credentials_logged
-            )
+        combination = (
+            who.credential, who.state, who.permissions, record.method, record.path, record.status,
+            record.reason, self.credentials_logged,
+        )  # fmt: skip
+        plan = self._plans.get(combination)
+        if plan is None:
+            if len(self._plans) >= PLAN_CACHE_LIMIT:
+                self._plans.clear()
+            plan = self._plans[combination] = self._plan(who, record)
         ip_allowed = None
         if who.allowed_ips:
-            addr = parse_ip(record.ip)
-            ip_allowed = addr is not None and any(addr in net for net in who.allowed_ips)
+            if registry is not self._allowed_registry:  # the key files were reloaded
+                self._allowed.clear()
+                self._allowed_registry = registry
+            ip_allowed = self._ip_allowed(who, record.ip)
         return Event(
             ts=record.ts,
             source=self.source,
             ip=record.ip,
             ip_forwarded=record.ip_forwarded,
             method=record.method,
-            path=path,
+            path=plan.path,
             status=record.status,
-            outcome=_OUTCOMES.get(record.status) or Outcome.from_status(record.status),
-            reason=reason,
+            outcome=plan.outcome,
+            reason=plan.reason,
             credential=who.credential,
             key=who.key,
             owner=who.owner,
             key_state=who.state,
-            scope=scope,
-            scope_allowed=scope_allowed,
+            scope=plan.scope,
+            scope_allowed=plan.scope_allowed,
             ip_allowed=ip_allowed,
             duration=record.duration,
             bytes=record.bytes,
             user_agent=record.user_agent,
             request_id=record.request_id,
             fingerprint=who.fingerprint,
-            scope_denied_by=denied_by,
+            scope_denied_by=plan.scope_denied_by,
         )
+
+    def _plan(self, who: Attribution, record: Record) -> RoutePlan:
+        scope = self.scopes.scope_for(record.method, record.path)  # decodes like Starlette: once
+        api_key = who.credential is CredentialKind.API_KEY
+        scope_allowed = self.scopes.covers(who.permissions, scope, api_key=api_key)
+        denied_by = self.scopes.denied_by(scope, api_key=api_key) if scope_allowed is False else None
+        reason = record.reason
+        if reason is None and (record.status == 401 or record.status == 403):
+            reason = reason_from_status(
+                record.status, who, scope_allowed, credentials_logged=self.credentials_logged
+            )
+        outcome = _OUTCOMES.get(record.status) or Outcome.from_status(record.status)
+        return RoutePlan(decode_path(record.path), scope, scope_allowed, denied_by, reason, outcome)
+
+    def _ip_allowed(self, who: Attribution, ip: str) -> bool:
+        combination = (who.key, ip)
+        inside = self._allowed.get(combination)
+        if inside is None:
+            if len(self._allowed) >= PLAN_CACHE_LIMIT:
+                self._allowed.clear()
+            addr = parse_ip(ip)
+            inside = addr is not None and any(addr in net for net in who.allowed_ips)
+            self._allowed[combination] = inside
+        return inside

@@ -35,9 +35,30 @@ Network = IPv4Network | IPv6Network
 INDEXED = ("credential", "key_state", "outcome", "scope_allowed", "ip_allowed", "ip_forwarded")
 _BOOLEANS = frozenset({"scope_allowed", "ip_allowed", "ip_forwarded"})
 
+
 def ip_in(text: str, networks: Iterable[Network]) -> bool:
     addr = parse_ip(text)
     return addr is not None and any(addr in net for net in networks)
+
+
+_IP_MATCH_CACHE_MAX = 16384  # addresses per matcher; beyond, a flood of new ones: start over
+
+
+def ip_matcher(networks: Iterable[Network]) -> Callable[[str], bool]:
+    """`ip_in(text, networks)` for one set of networks, remembered per address (a few thousand
+    clients make most lines; testing one against the networks costs more than the rest of a rule)."""
+    nets = tuple(networks)
+    seen: dict[str, bool] = {}
+
+    def inside(text: str) -> bool:
+        hit = seen.get(text)
+        if hit is None:
+            if len(seen) >= _IP_MATCH_CACHE_MAX:
+                seen.clear()
+            hit = seen[text] = ip_in(text, nets)
+        return hit
+
+    return inside
 
 
 _SUBNET_CACHE: dict[tuple[str, int], str] = {}
@@ -108,10 +129,10 @@ def _status_codes(values: Iterable[Any]) -> frozenset[int]:
 
 
 def _ip_check(networks: Sequence[Network], inside: bool) -> Predicate:
-    nets = tuple(networks)
+    within = ip_matcher(networks)
     if inside:
-        return lambda e: ip_in(e.ip, nets)
-    return lambda e: not ip_in(e.ip, nets)
+        return lambda e: within(e.ip)
+    return lambda e: not within(e.ip)
 
 
 def _indexed_clauses(when: Any) -> list[tuple[str, frozenset[str] | bool]]:

@@ -21,7 +21,7 @@ from operator import attrgetter
 from typing import Any, TypeVar
 
 from xinf_watch.config import ALLOWED_IPS
-from xinf_watch.filters import compile_filter, ip_in, subnet_of
+from xinf_watch.filters import compile_filter, ip_matcher, subnet_of
 from xinf_watch.model import Event, Severity
 from xinf_watch.windows import BoundedMap, WindowCounter
 
@@ -237,9 +237,10 @@ def _known_getter(known: Sequence[Any]) -> Callable[[Event], bool] | None:
     own_allowed_ips = ALLOWED_IPS in known
     if own_allowed_ips and not networks:
         return lambda e: e.ip_allowed is True
+    within = ip_matcher(networks)
     if own_allowed_ips:
-        return lambda e: e.ip_allowed is True or ip_in(e.ip, networks)
-    return lambda e: ip_in(e.ip, networks)
+        return lambda e: e.ip_allowed is True or within(e.ip)
+    return lambda e: within(e.ip)
 
 
 def _value_getter(value: str | None) -> Callable[[Event], str | None]:
