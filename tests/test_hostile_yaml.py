@@ -20,6 +20,7 @@ from test_daemon import append
 
 from xinf_watch.config import ConfigError, load_config
 from xinf_watch.keyfiles import KeyFileError, load_registry
+from xinf_watch.keysources import RACY_NS, SETTLE_NS, KeySources
 
 
 def bomb(levels: int = 8, width: int = 10) -> str:
@@ -120,3 +121,53 @@ def test_a_bad_character_is_named_with_its_line(tmp_path: Path) -> None:
         f"{rules}:3: (yaml): character #x001b is not allowed in YAML at column 12 "
         "(expected valid YAML syntax)"
     )
+
+
+def test_a_key_file_being_written_is_read_once_it_is_whole(tmp_path: Path) -> None:
+    """Truncate, then write in two goes (an editor or a script not writing by rename): the half
+    written is a valid keys.yaml with fewer keys; it is not read until the file has settled."""
+    keys = tmp_path / "keys.yaml"
+    text = FIXTURE_KEYS.read_text()
+    keys.write_text(text)
+    clock = [time.time_ns() + 10 * SETTLE_NS]
+    sources = KeySources([keys], clock=lambda: clock[0])
+    assert len(sources.load()) == 12
+    cut = text.index("  - key:", len(text) // 2)  # between two entries: valid YAML on its own
+    keys.write_text(text[:cut])
+    assert len(load_registry([keys])) < 12  # what a reader would get now
+    clock[0] = keys.stat().st_mtime_ns + SETTLE_NS // 2
+    assert sources.reload_if_changed() is None  # changed half a second ago: not yet
+    with keys.open("a") as f:
+        f.write(text[cut:])
+    clock[0] = keys.stat().st_mtime_ns + SETTLE_NS // 2
+    assert sources.reload_if_changed() is None  # changed again: settling starts over
+    clock[0] = keys.stat().st_mtime_ns + SETTLE_NS
+    assert sources.reload_if_changed() is None  # whole now, and the same 12 keys: no new registry
+    clock[0] += RACY_NS
+    assert sources.reload_if_changed() is None and not sources.changed()
+
+
+def test_the_daemon_never_counts_a_key_of_a_half_written_file_as_unknown(tmp_path: Path) -> None:
+    """A slow writer: keys.yaml truncated, then written an entry at a time, 0.2 s apart, for 2.4 s
+    (the daemon looks at key files every second); every part is a valid keys.yaml with fewer keys."""
+    ws = Workspace(tmp_path)
+    keys = ws.root / "keys.yaml"
+    text = FIXTURE_KEYS.read_text()
+    keys.write_text(text)
+    ws.write_rules(keys=[keys], rules=[])
+    d = ws.daemon().start()
+    try:
+        starts = [i for i in range(len(text)) if text.startswith("  - key:", i)]
+        secret = text[starts[-1] :].split("key:", 1)[1].split()[0]  # the last entry's key
+        request = access_line(0, ip="127.0.1.21").rsplit('"Bearer ', 1)[0] + f'"Bearer {secret}" 0.02'
+        keys.write_text(text[: starts[0]])  # truncated: the header, no key yet
+        for start, end in zip(starts, [*starts[1:], len(text)], strict=True):
+            append(ws.log, [request])
+            time.sleep(0.2)
+            with keys.open("a") as f:
+                f.write(text[start:end])
+        d.wait_until(lambda m: parsed_lines(m) == len(starts), timeout=20)
+        assert total(d.metrics(), "xinf_requests_total", key="unknown") == 0
+        assert "Traceback" not in d.stderr()
+    finally:
+        d.terminate()

@@ -9,22 +9,28 @@ registry (Xinference writes auth.db at every login). Broken files raise `KeyFile
 one of them; one that cannot be opened at the rules.yaml line naming it) and are not read again
 until they change, unless an error was transient (auth.db busy): then the next call tries again.
 Either way the caller keeps its registry.
+A text key file (keys.yaml, auth.json) is read only once it has not changed for `SETTLE_NS`: an
+editor or a script that truncates it and then writes it (not atomically, by rename) would
+otherwise be read half-written, and every key of the missing half would count as unknown.
+auth.db is read at once: SQLite's transactions are already whole.
 Every load tells `disabled_since` (keydates.py) what auth.db shows disabled, at the clock's time.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from xinf_watch.authdb import wal_path
+from xinf_watch.authdb import SQLITE_MAGIC, wal_path
 from xinf_watch.keydates import DisabledSince
 from xinf_watch.keyfiles import KeyFileError, load_registry
 from xinf_watch.keys import KeyRegistry
 
 RACY_NS = 2_000_000_000
+SETTLE_NS = 1_000_000_000
 _Signature = tuple[tuple[int, int, int, int, int] | None, ...]
 
 
@@ -69,13 +75,36 @@ class KeySources:
         """A new registry, or None (nothing changed, or the same keys); raises KeyFileError."""
         if not self.changed():
             return None
+        if self._settling():
+            self._again = True  # look again at the next check
+            return None
         old, new = self._current, self.load()
         if old is not None and new.entries == old.entries and new.users == old.users:
             return None
         return new
 
+    def _settling(self) -> bool:
+        """Whether a text key file changed within the last `SETTLE_NS` (a future mtime counts as old:
+        a clock that disagrees must not hold the keys back for ever)."""
+        now = self._clock()
+        for path in self.paths:
+            st = _stat(path)
+            if st is not None and 0 <= now - st[3] < SETTLE_NS and not _is_sqlite(path):
+                return True
+        return False
+
     def _signature(self) -> _Signature:
         return tuple(_stat(p) for path in self.paths for p in (path, wal_path(path)))
+
+
+def _is_sqlite(path: Path) -> bool:
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block the open
+            return False
+        with path.open("rb") as f:
+            return f.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
+    except OSError:
+        return False
 
 
 def _stat(path: Path) -> tuple[int, int, int, int, int] | None:
