@@ -414,10 +414,10 @@ def test_a_line_that_fails_to_process_is_counted_and_skipped(
     try:
         real = daemon.pipeline.process_line
 
-        def flaky(source: str, line: str) -> list[Any]:
+        def flaky(source: str, line: str, file: Any = None) -> list[Any]:
             if line == lines[2]:
                 raise RuntimeError("a bug in some stage")
-            return real(source, line)
+            return real(source, line, file)
 
         monkeypatch.setattr(daemon.pipeline, "process_line", flaky)
         with caplog.at_level("ERROR", logger="xinf_watch"):

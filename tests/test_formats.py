@@ -235,7 +235,7 @@ def test_formats_and_presets_are_exported() -> None:
     assert set(FORMATS) == set(SOURCE_FORMATS) == {
         "nginx", "json", "haproxy", "xinference", "xinference-audit", "regex"
     }
-    assert set(NGINX_PRESETS) == {"combined", "combined_key"}
+    assert set(NGINX_PRESETS) == {"combined", "combined_key", "ingress-nginx", "ingress-nginx-key"}
     assert set(JSON_PRESETS) == {"nginx-json", "caddy", "traefik", "kong", "apisix"}
 
 

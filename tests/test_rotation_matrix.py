@@ -6,13 +6,23 @@ end `xinf_watch_lines_total{result="parsed"}` must equal the lines written, exac
 `: >` with the daemon behind, where the tailer spec (tail.py, rule 3) promises only that the
 truncation is counted and logged as possible data loss.
 
+The kubelet case is a container's log on Kubernetes: the daemon's glob is over
+`containers/*.log`, symlinks into `pods/<ns>_<pod>_<uid>/<container>/0.log`, and the source has
+`wrapper: cri`. The lines inside are the recorded nginx lines the other cases write; there is no
+containerd or kubelet here, so the wrapping (`<time> stdout P|F <text>`, a line cut into parts at
+random points, each part its own write) and the rotation (kubelet's rotateLog: gzip the older
+rotated files through a `.tmp`, rename `0.log` to `0.log.<YYYYMMDD-HHMMSS>`, the runtime reopens
+`0.log`) follow their documented behaviour.
+
 Run with `-s` to see, per case, the lines written and read and the time it took.
 """
 
 from __future__ import annotations
 
+import gzip
 import logging.handlers
 import os
+import random
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 from harness import FileSink, LoggingSink, LogWriter, Metrics, Sink, Workspace, parsed_lines, total
 
 pytestmark = pytest.mark.system
@@ -53,6 +64,7 @@ class Case:
     rotate: Callable[[Run, int], None]
     exact: bool = True
     same_file: bool = False  # rotation rewrites the file in place (its inode stays)
+    wrapper: str | None = None  # the source's `wrapper` setting
 
 
 def plain(ws: Workspace, pattern: str | None = None) -> Run:
@@ -159,6 +171,56 @@ def dir_recreated(run: Run, k: int) -> None:
     run.sink.reopen_after(REOPEN_AFTER)
 
 
+class CriSink(FileSink):
+    """containerd's side of a container's stdout: each line as CRI lines, cut into `P` parts at
+    random points about one time in three, each part a write(2) of its own. A reopen (the runtime's
+    ReopenContainerLog) comes between two lines, as it does between two of containerd's writes."""
+
+    def __init__(self, path: Path, seed: int = 12) -> None:
+        super().__init__(path)
+        self.rng = random.Random(seed)
+
+    def write(self, line: str) -> None:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + ".123456789Z"
+        cuts = sorted(self.rng.sample(range(1, len(line)), 2)) if self.rng.random() < 1 / 3 else []
+        parts = [line[a:b] for a, b in zip([0, *cuts], [*cuts, len(line)], strict=True)]
+        super().write(f"{stamp} stdout {'P' if len(parts) > 1 else 'F'} {parts[0]}")  # reopens if due
+        for k, part in enumerate(parts[1:], 2):
+            data = f"{stamp} stdout {'P' if k < len(parts) else 'F'} {part}\n".encode()
+            while data:
+                data = data[os.write(self._fd, data) :]
+
+
+def kubelet_pod(ws: Workspace) -> Run:
+    container = ws.logs / "pods" / "ingress-nginx_controller-7d9f_0c1e8a" / "controller"
+    container.mkdir(parents=True)
+    (ws.logs / "containers").mkdir()
+    sink = CriSink(container / "0.log")
+    link = ws.logs / "containers" / "controller-7d9f_ingress-nginx_controller-0c1e.log"
+    os.symlink(container / "0.log", link)
+    return Run(ws, sink, str(ws.logs / "containers" / "*.log"))
+
+
+def kubelet_rotate(run: Run, k: int) -> None:
+    """kubelet's rotateLog: compress the rotated files not yet compressed, rotate the live one."""
+    assert isinstance(run.sink, FileSink) and run.writer is not None
+    live = run.sink.path
+    # The writer waits while this thread compresses (else it would run to its last line meanwhile);
+    # kubelet compresses while the container writes, which the daemon cannot tell: nobody writes
+    # to the files compressed.
+    with run.writer.paused():
+        for old in sorted(live.parent.glob("0.log.*")):
+            if old.suffix in (".gz", ".tmp"):
+                continue
+            tmp = Path(f"{old}.tmp")
+            with old.open("rb") as src, gzip.open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            os.rename(tmp, f"{old}.gz")
+            os.unlink(old)
+    os.rename(live, f"{live}.2026120{k}-100000")
+    run.sink.reopen_after(REOPEN_AFTER)  # ReopenContainerLog: a new 0.log, where the symlink points
+
+
 CASES = [
     Case("rename+create", plain, rename_create),
     Case("rename+create, glob matches rotated", lambda ws: plain(ws, f"{ws.log}*"), rename_create),
@@ -171,6 +233,12 @@ CASES = [
     Case("symlink swap", symlinked, symlink_swap),
     Case("new file matching the glob", dated, new_file),
     Case("log directory removed and recreated", plain, dir_recreated),
+    Case(
+        "kubelet rotate+compress, CRI-wrapped, via /var/log/containers symlink",
+        kubelet_pod,
+        kubelet_rotate,
+        wrapper="cri",
+    ),
 ]
 
 
@@ -191,6 +259,10 @@ def test_rotation(ws: Workspace, case: Case) -> None:
     if not ws.log.exists() and case.setup is plain:
         ws.log.touch()
     ws.write_rules(path=run.pattern, start_at="beginning")
+    if case.wrapper:
+        rules = yaml.safe_load(ws.rules.read_text())
+        rules["sources"][0]["wrapper"] = case.wrapper
+        ws.rules.write_text(yaml.safe_dump(rules, sort_keys=False))
     d = ws.daemon().start()
     writer = run.writer = LogWriter(run.sink, total=LINES)
     began = time.monotonic()

@@ -27,6 +27,7 @@ from xinf_watch.metrics import MetricsStore, StoreCollector, exposition
 from xinf_watch.model import Severity
 from xinf_watch.pipeline import Pipeline
 from xinf_watch.replay import ReplayInput, replay, replay_summary, source_files
+from xinf_watch.wrappers import WRAPPERS
 
 
 class Exit(IntEnum):
@@ -41,6 +42,8 @@ FORMAT_SHORTHANDS: dict[str, tuple[str, str | None, str | None]] = {
     "nginx": ("nginx", None, None),
     "combined": ("nginx", "combined", None),
     "combined_key": ("nginx", "combined_key", None),
+    "ingress-nginx": ("nginx", "ingress-nginx", None),
+    "ingress-nginx-key": ("nginx", "ingress-nginx-key", None),
     "nginx-json": ("json", None, "nginx-json"),
     "caddy": ("json", None, "caddy"),
     "traefik": ("json", None, "traefik"),
@@ -138,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="read FILEs in this format: " + ", ".join(sorted(FORMAT_SHORTHANDS)),
     )
     rp.add_argument("--log-format", metavar="STRING", help="nginx log_format string for --format nginx")
+    rp.add_argument("--wrapper", choices=WRAPPERS,
+                    help="with --format: the FILEs are container logs, each line wrapped by the runtime")
     rp.add_argument("--events", action="store_true", help="print every attributed event instead of alerts")
     rp.add_argument(
         "--summary",
@@ -416,8 +421,11 @@ def replay_inputs(args: argparse.Namespace, config: Config) -> tuple[list[Replay
             format=fmt,
             log_format=args.log_format or nginx_preset,
             preset=json_preset,
+            wrapper=args.wrapper,
         )
         return [ReplayInput(name, f) for f in args.files], [adhoc]
+    if args.wrapper:
+        raise UsageError("--wrapper goes with --format (a configured source has its own wrapper setting)")
     if args.source is not None and args.source not in names:
         raise UsageError(
             f"--source {args.source!r} is not in {config.path.name} (sources: {', '.join(names)})"

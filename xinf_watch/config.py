@@ -84,6 +84,7 @@ from xinf_watch.configvalues import (
     parse_listen,
 )
 from xinf_watch.model import Severity
+from xinf_watch.wrappers import WRAPPERS
 from xinf_watch.yamlsource import (
     ConfigError,
     Expect,
@@ -127,6 +128,11 @@ class Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _regex_pattern(value: Any, info: ValidationInfo) -> str | None:
+    # `wrapper` is declared before `pattern`, so it is validated first: with one, `ts` may be left out
+    return check_regex_source(value, time_optional=info.data.get("wrapper") is not None)
+
+
 class SourceConfig(Frozen):
     name: Name
     path: Annotated[str, PlainValidator(check_glob), Expect("a file path or glob")]  # absolute
@@ -142,7 +148,9 @@ class SourceConfig(Frozen):
     fields: Annotated[
         Mapping[str, str] | None, AfterValidator(lambda m: None if m is None else MappingProxyType(dict(m)))
     ] = None
-    pattern: Annotated[str | None, PlainValidator(check_regex_source), Expect("a regular expression")] = None
+    # the container runtime's wrapping of each line (wrappers.py): cri or docker; None: plain lines
+    wrapper: Annotated[str | None, PlainValidator(one_of("a wrapper", WRAPPERS, optional=True))] = None
+    pattern: Annotated[str | None, PlainValidator(_regex_pattern), Expect("a regular expression")] = None
     start_at: Annotated[
         Literal["end", "beginning"], BeforeValidator(one_of("a start position", ("end", "beginning")))
     ] = "end"

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 from pydantic import ValidationInfo
 
-from xinf_watch.formats import jsonlog
+from xinf_watch.formats import jsonlog, nginx
 from xinf_watch.userregex import UserRegex
 from xinf_watch.yamlsource import Problems, did_you_mean, not_one_of, show
 
@@ -31,7 +31,7 @@ Network = IPv4Network | IPv6Network
 T = TypeVar("T")
 
 SOURCE_FORMATS = ("nginx", "json", "haproxy", "xinference", "xinference-audit", "regex")
-NGINX_PRESETS = ("combined", "combined_key")
+NGINX_PRESETS = tuple(nginx.NGINX_PRESETS)
 JSON_PRESETS = tuple(jsonlog.JSON_PRESETS)
 EVENT_FIELDS = (
     "ts", "source", "ip", "ip_forwarded", "method", "path", "status", "outcome", "reason", "credential",
@@ -349,8 +349,9 @@ def check_listen(value: Any) -> str:
     return value  # type: ignore[no-any-return]
 
 
-def check_regex_source(value: Any) -> str | None:
-    """A regex source's pattern: compiles, and has the groups ts, ip, status, and path or request."""
+def check_regex_source(value: Any, *, time_optional: bool = False) -> str | None:
+    """A regex source's pattern: compiles, and has the groups ts, ip, status, and path or request
+    (`time_optional`: ts may be left out, the source has a container wrapper with its own time)."""
     if value is None:
         return None
     if not isinstance(value, str):
@@ -362,7 +363,7 @@ def check_regex_source(value: Any) -> str | None:
     unknown = sorted(groups - set(REGEX_GROUPS))
     if unknown:
         return fail("group " + not_one_of(unknown[0], "a record field", REGEX_GROUPS))
-    missing = [g for g in ("ts", "ip", "status") if g not in groups]
+    missing = [g for g in ("ts", "ip", "status") if g not in groups and not (g == "ts" and time_optional)]
     if "path" not in groups and "request" not in groups:
         missing.append("path")
     if missing:

@@ -211,7 +211,8 @@ class Daemon:
         self.store = MetricsStore()
         self.store.restore(checkpoint.blobs.get("metrics", {}))
         self.stats.restore(checkpoint.blobs.get("loop", {}))
-        self.pipeline = Pipeline.build(config, registry, self.store, rule_state=checkpoint.blobs.get("rules"))
+        self.pipeline = Pipeline.build(config, registry, self.store, rule_state=checkpoint.blobs.get("rules"),
+                                       partial_lines=checkpoint.blobs.get("partial_lines"))
         self.tailers = {
             s.name: self._tailer(s, checkpoint.positions.get(s.name)) for s in self.config.sources
         }
@@ -351,10 +352,16 @@ class Daemon:
                     process_line = self.pipeline.process_line
                     for line in batch.lines:
                         try:
-                            alerts.extend(process_line(name, line))
+                            alerts.extend(process_line(name, line, batch.file))
                         except Exception:  # a bug must cost a line, not the daemon: counted, logged
                             self._line_failed(name)
                     lines += len(batch.lines)
+                if self.pipeline.has_partial_lines(name):  # a wrapped line the file let go ended inside
+                    try:
+                        held = {p.identity.key for p in tailer.positions()}
+                        alerts.extend(self.pipeline.end_files(name, held))
+                    except Exception:
+                        self._line_failed(name)
                 self._tailer_stats(name, tailer)
             rule_now = self._event_clock()
             if rule_now is not None:
@@ -417,7 +424,8 @@ class Daemon:
         if self.journal.unwritten:
             self.state.hold(self.journal.error or str(self.journal.path))
         blobs: dict[str, Any] = {"metrics": self.store.snapshot(), "rules": self.engine.snapshot(),
-                                 "loop": self.stats.snapshot(), "key_dates": self.disabled_since.snapshot()}
+                                 "loop": self.stats.snapshot(), "key_dates": self.disabled_since.snapshot(),
+                                 "partial_lines": self.pipeline.partial_lines()}
         self.state.commit(  # to the file, or to memory when the state dir refuses writes
             {name: [position_to_json(p) for p in t.positions()] for name, t in self.tailers.items()},
             blobs,
@@ -469,7 +477,8 @@ class Daemon:
             key_sources = KeySources(config.keys, config.key_sites, disabled_since=self.disabled_since)
             registry = key_sources.load()
             # rule state carries over, by rule name
-            pipeline = Pipeline.build(config, registry, self.store, rule_state=self.engine.snapshot())
+            pipeline = Pipeline.build(config, registry, self.store, rule_state=self.engine.snapshot(),
+                                      partial_lines=self.pipeline.partial_lines())
             targets = self._targets(config)
         except Exception as exc:  # config, key files, targets, rule state: all refused the same way
             self._count_reload("failure")

@@ -36,6 +36,7 @@ class Batch:
     lines: tuple[str, ...]
     start_offset: int
     end_offset: int
+    file: tuple[int, int] | None = None  # the (device, inode) read, where known: `path` may be shared
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +56,11 @@ class LineReader:
     size: int = -1  # as far as known (last look or read); -1 makes the tailer check the head
     skipping: bool = False  # inside a line cut at MAX_LINE_BYTES
     held: int = 0  # bytes of an incomplete last line
+
+    @property
+    def key(self) -> tuple[int, int] | None:
+        """What names the file in the batches (sourcefiles.OpenFile: its device and inode)."""
+        return None
 
     def place(self, offset: int) -> None:
         self.offset = offset
@@ -96,14 +102,14 @@ class LineReader:
                         data += more
                         end = data.find(b"\n", searched) + 1
                     if not end and not at_end:
-                        out.append(Batch(self.path, (OVERLONG_LINE,), begin, pos + MAX_LINE_BYTES))
+                        out.append(Batch(self.path, (OVERLONG_LINE,), begin, pos + MAX_LINE_BYTES, self.key))
                         pos += MAX_LINE_BYTES
                         self.skipping = True
                         cut += 1
                         continue
                     at_end = not end
                 if end:
-                    out.append(Batch(self.path, tuple(_lines(data, end)), begin, pos + end))
+                    out.append(Batch(self.path, tuple(_lines(data, end)), begin, pos + end, self.key))
                     pos += end
                 if at_end:
                     self.held = len(data) - end
@@ -120,7 +126,9 @@ class LineReader:
         rest = os.pread(self.fd, MAX_LINE_BYTES, self.offset)
         if rest and not self.skipping:
             line = rest.decode("utf-8", "replace")
-            out.append(Batch(self.path, (line.removesuffix("\r"),), self.offset, self.offset + len(rest)))
+            out.append(
+                Batch(self.path, (line.removesuffix("\r"),), self.offset, self.offset + len(rest), self.key)
+            )
         self.offset += len(rest)
 
 

@@ -7,11 +7,16 @@ event's own timestamp, and `advance(now)` lets the caller move time forward when
 
 Reload is build-then-swap: `Pipeline.build` constructs every stage from a new config and registry,
 and raises before anything is swapped if one of them is invalid.
+
+A source with a `wrapper` (container logs, wrappers.py) has its lines unwrapped here, before its
+parser: the caller names the file each line comes from (`file`), and says when a file has ended
+(`end_file`, `end_files`), since a line may be joined from parts. The parts still pending are
+state like the rules': `partial_lines()` to save, `build(partial_lines=...)` to carry on.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +28,7 @@ from xinf_watch.metrics import MetricsStore
 from xinf_watch.model import Alert, Event, LineResult, Record
 from xinf_watch.rules import RuleEngine
 from xinf_watch.scopes import ScopeOverride, load_scope_map
+from xinf_watch.wrappers import Unwrapper, runtime_time
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +50,7 @@ def build_source_stage(
             preset=source.preset,
             fields=source.fields,
             pattern=source.pattern,
+            wrapped=source.wrapper is not None,
         )
     except ValueError as exc:
         raise ConfigError((f"{where}.format: {exc}",)) from None
@@ -64,6 +71,7 @@ class Pipeline:
         self.registry = registry
         self.store = store
         self.stages: dict[str, SourceStage] = {}
+        self.unwrappers: dict[str, Unwrapper] = {s.name: Unwrapper(s.wrapper) for s in sources if s.wrapper}
         self.engine = RuleEngine(config.rules, self.current_registry, [s.name for s in sources])
 
     @classmethod
@@ -74,9 +82,11 @@ class Pipeline:
         store: MetricsStore | None = None,
         extra_sources: Sequence[SourceConfig] = (),
         rule_state: dict[str, Any] | None = None,
+        partial_lines: Mapping[str, Any] | None = None,
     ) -> Pipeline:
         """Every stage of `config` (plus ad-hoc sources), or `ConfigError` with all that is wrong;
-        `rule_state` is a `RuleEngine.snapshot()` to carry on from (a restart, a reload)."""
+        `rule_state` is a `RuleEngine.snapshot()`, `partial_lines` a `partial_lines()`, to carry on
+        from (a restart, a reload)."""
         sources = (*config.sources, *extra_sources)
         pipeline = cls(config, registry, store or MetricsStore(), sources)
         errors: list[str] = []
@@ -91,19 +101,77 @@ class Pipeline:
             raise ConfigError(tuple(errors))
         if rule_state:
             pipeline.engine.restore(rule_state)
+        for name, unwrapper in pipeline.unwrappers.items():
+            unwrapper.restore((partial_lines or {}).get(name))
         return pipeline
 
     def current_registry(self) -> KeyRegistry:
         return self.registry
 
-    def parse(self, source: str, line: str) -> Record | None:
-        """Parse one line of `source`; non-records are counted here and give None."""
+    def parse(self, source: str, line: str, file: Hashable = None) -> Record | None:
+        """Parse one line of `source` (from `file`, for a wrapped source); non-records are counted
+        here and give None, and so does a part of a wrapped line (counted with its line)."""
+        if self.unwrappers and source in self.unwrappers:
+            unwrapper = self.unwrappers[source]
+            fed = unwrapper.feed(file, line)
+            if fed is None:
+                return None
+            if isinstance(fed, LineResult):  # a str too: first
+                self.store.count_line(source, fed)
+                return None
+            return self._parse_unwrapped(source, fed, unwrapper)
         result = self.stages[source].parse(line)
         if type(result) is Record:
             self.store.count_line(source, LineResult.PARSED)
             return result
         self.store.count_line(source, result)  # type: ignore[arg-type]
         return None
+
+    def _parse_unwrapped(self, source: str, line: str, unwrapper: Unwrapper) -> Record | None:
+        result = self.stages[source].parse(line)
+        if type(result) is Record and result.ts != result.ts:  # NO_TIME: the line has none of its own
+            ts = runtime_time(unwrapper.time)
+            if ts is None:
+                result = LineResult.UNPARSED
+            else:
+                result.ts = ts
+        if type(result) is Record:
+            self.store.count_line(source, LineResult.PARSED)
+            return result
+        self.store.count_line(source, result)  # type: ignore[arg-type]
+        return None
+
+    def end_file(self, source: str, file: Hashable) -> list[Record]:
+        """`file` of a wrapped `source` has ended: the lines its parts made, parsed (to process)."""
+        unwrapper = self.unwrappers.get(source)
+        if unwrapper is None:
+            return []
+        records = []
+        for fed in unwrapper.end(file):
+            if isinstance(fed, LineResult):
+                self.store.count_line(source, fed)
+            elif (record := self._parse_unwrapped(source, fed, unwrapper)) is not None:
+                records.append(record)
+        return records
+
+    def end_files(self, source: str, open_files: Container[Hashable]) -> list[Alert]:
+        """The daemon's side of `end_file`: every file of `source` with parts pending and not in
+        `open_files` has ended; its lines are processed."""
+        unwrapper = self.unwrappers.get(source)
+        alerts: list[Alert] = []
+        for file in unwrapper.pending_files() if unwrapper is not None else ():
+            if file not in open_files:
+                for record in self.end_file(source, file):
+                    alerts.extend(self.process(source, record)[1])
+        return alerts
+
+    def has_partial_lines(self, source: str) -> bool:
+        unwrapper = self.unwrappers.get(source)
+        return unwrapper is not None and unwrapper.has_pending()
+
+    def partial_lines(self) -> dict[str, Any]:
+        """The parts of wrapped lines still pending, per source (JSON-ready), for `build`."""
+        return {name: u.snapshot() for name, u in self.unwrappers.items() if u.has_pending()}
 
     def process(self, source: str, record: Record) -> tuple[Event, list[Alert]]:
         event = self.stages[source].attributor.attribute(record)
@@ -113,8 +181,8 @@ class Pipeline:
             self.store.record_alert(alert)
         return event, alerts
 
-    def process_line(self, source: str, line: str) -> list[Alert]:
-        record = self.parse(source, line)
+    def process_line(self, source: str, line: str, file: Hashable = None) -> list[Alert]:
+        record = self.parse(source, line, file)
         if record is None:
             return []
         return self.process(source, record)[1]

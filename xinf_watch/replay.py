@@ -5,7 +5,10 @@ Rules:
   Lines follow the daemon's rules (`linereader.read_lines`): a line over `MAX_LINE_BYTES` is
   skipped (counted as skipped) without ever being held whole.
   gzip files (`access.log.2.gz`) are recognised by their magic bytes, not their name.
-- The files of one source are read oldest first (`x.log.3.gz`, `x.log.2`, `x.log.1`, `x.log`).
+- The files of one source are read oldest first (`x.log.3.gz`, `x.log.2`, `x.log.1`, `x.log`;
+  kubelet's `0.log.20261203-100000.gz`, `0.log.20261204-100000`, `0.log`).
+- A wrapped source's lines (wrappers.py) are unwrapped per file: a file that ends inside a line
+  gives what was joined as a line.
 - Records of several files are merged by timestamp, so rules see one timeline whatever order
   the files were named in; lines that are not records are counted where they stand.
 - Time is the log's own: after the last record, `advance` to the last time a source wrote flushes
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import gzip
 import heapq
+import os
 import re
 import sys
 import time
@@ -48,21 +52,30 @@ def rotation_order(paths: Iterable[str | Path]) -> list[Path]:
 
     def key(path: Path) -> tuple[str, str]:
         name = path.name.removesuffix(".gz")
-        if m := re.search(r"[.-](\d{8}|\d{4}-\d{2}-\d{2})(?:\.(\d+))?$", name):
+        # kubelet's `0.log.20261204-100000` puts the time of day after a "-"
+        if m := re.search(r"[.-](\d{8}|\d{4}-\d{2}-\d{2})(?:[.-](\d+))?$", name):
             base = name[: m.start()]
             return base, f"1 {m.group(1).replace('-', '')} {int(m.group(2) or 0):09d}"
         if m := re.search(r"\.(\d+)$", name):
             return name[: m.start()], f"0 {999_999_999 - int(m.group(1)):09d}"
         return name, "2"
 
-    return sorted((Path(p) for p in paths), key=lambda p: (str(p.parent), *key(p)))
+    def where(path: Path) -> tuple[str, str, str]:
+        real = Path(os.path.realpath(path))  # a link sorts with its target's rotations
+        return (str(real.parent), *key(real))
+
+    return sorted((Path(p) for p in paths), key=where)
 
 
 def source_files(pattern: str) -> list[Path]:
-    """The files a source's glob matches now, in rotation order (rotated siblings included)."""
+    """The files a source's glob matches now, in rotation order (rotated siblings included, also
+    those beside a symlink's target: /var/log/containers/x.log -> /var/log/pods/.../0.log.*)."""
     matches = set(glob(pattern))
     for path in list(matches):
         matches.update(glob(glob_escape(path) + ".*"))  # access.log -> access.log.1, access.log.2.gz
+        real = os.path.realpath(path)
+        if real != os.path.abspath(path):
+            matches.update(glob(glob_escape(real) + ".*"))
     return rotation_order(p for p in matches if Path(p).is_file())
 
 
@@ -126,9 +139,11 @@ def _records(
     pipeline: Pipeline, item: ReplayInput, seq: int, progress: TextIO | None
 ) -> Iterator[tuple[float, int, str, Record]]:
     for line in read_lines(item.path, progress):
-        record = pipeline.parse(item.source, line)
+        record = pipeline.parse(item.source, line, seq)
         if record is not None:
             yield record.ts, seq, item.source, record
+    for record in pipeline.end_file(item.source, seq):  # a wrapped line its file ended inside
+        yield record.ts, seq, item.source, record
 
 
 def replay(

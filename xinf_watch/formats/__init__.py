@@ -62,8 +62,10 @@ def build_parser(
     preset: str | None = None,
     fields: Mapping[str, str] | None = None,
     pattern: str | None = None,
+    wrapped: bool = False,
 ) -> Parser:
-    """The parser for one source's settings; ValueError with a one-line message for bad settings."""
+    """The parser for one source's settings; ValueError with a one-line message for bad settings.
+    `wrapped`: the lines come out of a container log wrapper (a `regex` may then omit `ts`)."""
     entry = _BUILDERS.get(format)
     if entry is None:
         raise ValueError(f"unknown log format {format!r} (expected one of {', '.join(FORMATS)})")
@@ -74,4 +76,6 @@ def build_parser(
         raise ValueError(
             f"{format}: option {', '.join(extra)} does not apply (it reads {', '.join(accepted)})"
         )
+    if format == "regex":
+        return compile_regex(pattern, time_from_runtime=wrapped)
     return builder(**{name: given[name] for name in accepted})

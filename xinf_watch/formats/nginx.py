@@ -39,10 +39,17 @@ COMBINED = (
     '$remote_addr - $remote_user [$time_local] "$request" '
     '$status $body_bytes_sent "$http_referer" "$http_user_agent"'
 )
+# ingress-nginx's default `log-format-upstream` (its ConfigMap key; README "Kubernetes" adds the key)
+INGRESS_NGINX = (
+    COMBINED + " $request_length $request_time [$proxy_upstream_name] [$proxy_alternative_upstream_name] "
+    "$upstream_addr $upstream_response_length $upstream_response_time $upstream_status $req_id"
+)
 NGINX_PRESETS = MappingProxyType(
     {
         "combined": COMBINED,
         "combined_key": COMBINED + ' "$http_authorization" $request_time',
+        "ingress-nginx": INGRESS_NGINX,
+        "ingress-nginx-key": INGRESS_NGINX + ' "$http_authorization"',
     }
 )
 AMBIGUOUS_MAX_LINE = 8192
@@ -52,6 +59,8 @@ _DECIMAL = "[-0-9.]"
 _ADDRESS = "[-0-9A-Za-z.:%_]"
 _TOKEN = r'[^\s"]'
 _TIME_LOCAL = "[-0-9A-Za-z/: +]"
+# One value per upstream tried, `, ` between servers and ` : ` between internal redirects.
+_UPSTREAMS = r'(?:[^\s",]|, | : )'
 _FREE = {"default": '[^"]', "json": r'(?:[^"\\]|\\.)', "none": "."}
 
 # name -> (character class of its value or None for free text, the record role it feeds or "")
@@ -68,7 +77,7 @@ _VARIABLES: dict[str, tuple[str | None, str]] = {
     "body_bytes_sent": (_DIGITS, "body_bytes_sent"),
     "bytes_sent": (_DIGITS, "bytes_sent"),
     "request_time": (_DECIMAL, "request_time"),
-    "upstream_response_time": (None, "upstream_response_time"),
+    "upstream_response_time": (_UPSTREAMS, "upstream_response_time"),
     "http_authorization": (None, "authorization"),
     "http_x_api_key": (None, "api_key"),
     "http_user_agent": (None, "user_agent"),
@@ -92,6 +101,9 @@ _VARIABLES: dict[str, tuple[str | None, str]] = {
     "query_string": (_TOKEN, ""),
     "pipe": (_TOKEN, ""),
     "gzip_ratio": (_DECIMAL, ""),
+    "upstream_addr": (_UPSTREAMS, ""),
+    "upstream_status": (_UPSTREAMS, ""),
+    "upstream_response_length": (_UPSTREAMS, ""),
 }
 _REQUEST_ID_ROLES = ("sent_request_id", "upstream_request_id", "nginx_request_id", "client_request_id")
 

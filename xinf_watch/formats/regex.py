@@ -12,9 +12,14 @@ Rules:
   or a `status` that is not a number, makes the line unparsed; `-` and empty optional fields are absent.
 * `ts` is read best effort: epoch seconds (ms/us/ns by size), ISO 8601, or `dd/Mon/yyyy:HH:MM:SS`
   with optional fraction and zone (nginx `$time_local`, HAProxy); the last value is cached.
+* A source with a container `wrapper` may leave `ts` out: its lines then carry no time of their own
+  (uvicorn's access lines on a container's stdout), and take the container runtime's
+  (`time_from_runtime`: the records come out with `NO_TIME`, which the pipeline replaces).
 """
 
 from __future__ import annotations
+
+import math
 
 from xinf_watch.formats.common import ABSENT, Parser, split_request, to_float, to_int
 from xinf_watch.formats.timeparse import LastValueCache, parse_any
@@ -25,10 +30,12 @@ GROUPS = (
     "ts", "ip", "method", "path", "request", "status",
     "credential", "bytes", "duration", "user_agent", "request_id", "reason",
 )  # fmt: skip
+NO_TIME = math.nan  # the time of a record whose line has none: its reader supplies it (wrappers.py)
 
 
-def compile_regex(pattern: str | None) -> Parser:
-    """A parser for a user pattern; ValueError for a syntax error or missing/unknown groups."""
+def compile_regex(pattern: str | None, *, time_from_runtime: bool = False) -> Parser:
+    """A parser for a user pattern; ValueError for a syntax error or missing/unknown groups.
+    `time_from_runtime`: the lines are unwrapped from a container log, `ts` may be left out."""
     if not isinstance(pattern, str) or not pattern:
         raise ValueError("regex format needs a pattern")
     try:
@@ -41,7 +48,8 @@ def compile_regex(pattern: str | None) -> Parser:
         raise ValueError(
             f"regex pattern: unknown group(s) {', '.join(unknown)} (expected {', '.join(GROUPS)})"
         )
-    missing = [name for name in ("ts", "ip", "status") if name not in names]
+    required = ("ip", "status") if time_from_runtime else ("ts", "ip", "status")
+    missing = [name for name in required if name not in names]
     if "path" not in names and "request" not in names:
         missing.append("path (or request)")
     if missing:
@@ -53,6 +61,7 @@ def _build_parser(compiled: UserRegex) -> Parser:
     fullmatch = compiled.fullmatch
     has = set(compiled.groupindex)
     ts_of = LastValueCache(parse_any)
+    timed = "ts" in has
 
     def optional(groups: dict[str, str | None], name: str) -> str | None:
         value = groups.get(name)
@@ -65,8 +74,8 @@ def _build_parser(compiled: UserRegex) -> Parser:
         if m is None:
             return LineResult.UNPARSED
         groups = m.groupdict()
-        ts_text, ip, status_text = groups["ts"], groups["ip"], groups["status"]
-        ts = ts_of(ts_text) if ts_text else None
+        ts_text, ip, status_text = groups.get("ts"), groups["ip"], groups["status"]
+        ts = ts_of(ts_text) if ts_text else None if timed else NO_TIME
         if ts is None or not ip or not status_text or not status_text.isascii() or not status_text.isdigit():
             return LineResult.UNPARSED
         if len(status_text) > 3:
