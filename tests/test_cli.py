@@ -16,6 +16,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -24,6 +25,7 @@ from paths import FIXTURES
 from prometheus_client.parser import text_string_to_metric_families
 
 from xinf_watch import __version__
+from xinf_watch import replay as replay_module
 from xinf_watch.cli import main
 from xinf_watch.config import ConfigError
 
@@ -349,6 +351,30 @@ def test_replay_reads_the_configured_sources(tmp_path: Path, capsys: pytest.Capt
     code, by_name, err = run_main(capsys, "replay", "--rules", rules, "--events", NGINX_LOG)
     assert (code, err) == (0, "")
     assert by_config == by_name and len(by_config.splitlines()) == NGINX_LINES
+
+
+def test_replay_skips_a_globbed_file_rotated_away_before_it_is_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """logrotate deleting `access.log.2` between the glob and its turn to be read: the others are
+    replayed, a note says which one went; a file named on the command line must exist."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    shutil.copy(NGINX_LOG, logs / "access.log")
+    (logs / "access.log.2").write_text("")
+    rules = write_rules(tmp_path / "rules.yaml", [gateway(logs / "access.log*")], [FIXTURES / "keys.yaml"])
+    real_records = replay_module._records
+
+    def rotated_away_first(pipeline: Any, item: Any, seq: int, progress: Any) -> Any:
+        (logs / "access.log.2").unlink(missing_ok=True)  # gone once reading begins
+        return real_records(pipeline, item, seq, progress)
+
+    monkeypatch.setattr(replay_module, "_records", rotated_away_first)
+    code, out, err = run_main(capsys, "replay", "--rules", rules, "--events")
+    assert code == 0 and len(out.splitlines()) == NGINX_LINES
+    assert err == f"replay: note: {logs}/access.log.2 vanished before it was read (rotated away?): skipped\n"
+    code, out, err = run_main(capsys, "replay", "--rules", rules, "--events", logs / "access.log.2")
+    assert (code, out, err) == (2, "", f"xinf-watch: {logs}/access.log.2: no such file\n")
 
 
 # -- replay: outputs ------------------------------------------------------------------------------

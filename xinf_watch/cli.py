@@ -439,7 +439,7 @@ def replay_inputs(args: argparse.Namespace, config: Config) -> tuple[list[Replay
             )
         return [ReplayInput(args.source or names[0], f) for f in args.files], []
     selected = [s for s in config.sources if args.source in (None, s.name)]
-    inputs = [ReplayInput(s.name, f) for s in selected for f in source_files(s.path)]
+    inputs = [ReplayInput(s.name, f, found=True) for s in selected for f in source_files(s.path)]
     if not inputs:
         raise UsageError("no file to replay: the sources' paths match nothing; name FILEs")
     return inputs, []
@@ -458,7 +458,7 @@ def cmd_replay(args: argparse.Namespace, out: TextIO) -> int:
         config, registry = empty_config(), KeyRegistry(())
     inputs, extra = replay_inputs(args, config)
     for item in inputs:
-        if not item.path.is_file():
+        if not item.found and not item.path.is_file():
             raise UsageError(f"{item.path}: no such file")
     store = MetricsStore()
     pipeline = Pipeline.build(config, registry, store, extra_sources=extra)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import gzip
 import heapq
+import itertools
 import os
 import re
 import sys
@@ -36,6 +37,7 @@ from xinf_watch import linereader
 from xinf_watch.alertsummary import DEFAULT_TOP, Summary, summarize
 from xinf_watch.model import Alert, Event, Record
 from xinf_watch.pipeline import Pipeline
+from xinf_watch.visible import visible
 
 PROGRESS_AFTER = 1.0  # seconds: files faster than this print no progress at all
 _CHECK_EVERY = 1 << 14  # lines between two looks at the clock
@@ -45,6 +47,7 @@ _CHECK_EVERY = 1 << 14  # lines between two looks at the clock
 class ReplayInput:
     source: str
     path: Path
+    found: bool = False  # matched by a source's glob (not named): may be rotated away before it is read
 
 
 def rotation_order(paths: Iterable[str | Path]) -> list[Path]:
@@ -138,7 +141,16 @@ def read_lines(path: Path, progress_stream: TextIO | None) -> Iterator[str]:
 def _records(
     pipeline: Pipeline, item: ReplayInput, seq: int, progress: TextIO | None
 ) -> Iterator[tuple[float, int, str, Record]]:
-    for line in read_lines(item.path, progress):
+    try:
+        lines = read_lines(item.path, progress)
+        first = next(lines, None)  # opens the file
+    except FileNotFoundError:
+        if not item.found:
+            raise
+        print(f"replay: note: {visible(str(item.path))} vanished before it was read (rotated away?): "
+              "skipped", file=sys.stderr)  # fmt: skip
+        return
+    for line in itertools.chain(() if first is None else (first,), lines):
         record = pipeline.parse(item.source, line, seq)
         if record is not None:
             yield record.ts, seq, item.source, record
