@@ -77,6 +77,12 @@ def test_nginx_ipv6_and_unix_clients() -> None:
         '2026/11/28 07:05:15 [notice] 31037#31037: using the "epoll" event method',
         "2026/11/28 07:06:00 [info] 31040#31040: *5 client 127.0.0.1 closed keepalive connection",
         "2026/11/28 07:06:00 [error] 31040#31040: *9 connect() failed (111: Connection refused)",
+        # klog lines of ingress-nginx's controller on the same container's stderr (klog's header:
+        # Lmmdd hh:mm:ss.uuuuuu threadid file:line] msg)
+        'I1204 10:00:00.123456       7 controller.go:190] "Configuration changes detected, backend '
+        'reload required"',
+        'W1204 10:00:01.000001      12 controller.go:1214] Service "default/xinference" does not have '
+        "any active Endpoint.",
     ],
 )
 def test_nginx_blank_and_error_log_lines_are_skipped(line: str) -> None:

@@ -109,9 +109,13 @@ _REQUEST_ID_ROLES = ("sent_request_id", "upstream_request_id", "nginx_request_id
 
 _VARIABLE = re.compile(r"\$(?:\{([A-Za-z0-9_]+)\}|([A-Za-z0-9_]+))")
 _ESCAPE_OPTION = re.compile(r"\s*escape=(default|json|none)\s+")
+# Lines of nginx's error log, and of the Go programs that run nginx (ingress-nginx's controller
+# writes klog lines, `I1204 10:00:00.123456       7 controller.go:190] ...`, to the container's stderr,
+# which a `wrapper` source reads with the access lines): not access records, skipped.
 _ERROR_LOG = re.compile(
     r"[0-9]{4}/[0-9]{2}/[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2} "
     r"\[(?:debug|info|notice|warn|error|crit|alert|emerg)\] "
+    r"|[IWEF][0-9]{4} [0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6} +[0-9]+ [^ \]]+:[0-9]+\] "
 )
 
 
