@@ -153,6 +153,8 @@ def test_real_nginx_lines_parse_with_the_preset_plain_and_cri_wrapped(nginx_log:
         ("GET", "/v1/models", None): 401,
     }
     assert all(isinstance(r, Record) and r.ip == "127.0.0.1" and r.duration is not None for r in records)
+    ids = [r.request_id for r in records if isinstance(r, Record)]  # $req_id: nginx's $request_id, 32 hex
+    assert len(set(ids)) == 5 and all(i is not None and re.fullmatch("[0-9a-f]{32}", i) for i in ids), ids
     # without the key, the default format reads the same lines up to $req_id
     default = build_parser("nginx", log_format="ingress-nginx")
     cut = [line.rsplit(' "', 1)[0] for line in lines]

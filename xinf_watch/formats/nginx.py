@@ -86,6 +86,7 @@ _VARIABLES: dict[str, tuple[str | None, str]] = {
     "sent_http_x_request_id": (None, "sent_request_id"),
     "upstream_http_x_request_id": (None, "upstream_request_id"),
     "request_id": (_TOKEN, "nginx_request_id"),
+    "req_id": (_TOKEN, "nginx_request_id"),  # ingress-nginx's name for it (sent upstream as X-Request-ID)
     "http_x_request_id": (None, "client_request_id"),
     # Not used, but their shape makes neighbouring free-text variables unambiguous.
     "remote_port": (_DIGITS, ""),
