@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from ipaddress import ip_network
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -17,9 +18,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from ruletools import T0, event, load_rules
 
+from xinf_watch import filters as filters_module
 from xinf_watch.addresses import parse_ip
 from xinf_watch.attribute import Attributor
-from xinf_watch.filters import INDEXED, admits, compile_filter, subnet_of
+from xinf_watch.filters import INDEXED, admits, compile_filter, glob_matcher, subnet_of
 from xinf_watch.keys import KeyEntry, KeyRegistry, sha256_hex
 from xinf_watch.model import CredentialKind, Event, KeyState, Outcome, Record
 from xinf_watch.scopes import load_scope_map
@@ -192,6 +194,9 @@ def test_parse_ip_and_subnets() -> None:
     assert subnet_of("10.1.2.3", 24) == "10.1.2.0/24"
     assert subnet_of("2001:db8:1:2:3::4", 24) == "2001:db8:1:2::/64"  # IPv6: /64 for small prefixes
     assert subnet_of("2001:db8:1:2:3::4", 48) == "2001:db8:1::/48"
+    assert subnet_of("2001:db8:1:2:3::4", 33) == "2001:db8::/33"  # over 32: as given
+    assert subnet_of("2001:db8:1:2:3::4", 32) == "2001:db8:1:2::/64"
+    assert subnet_of("::ffff:10.1.2.3", 16) == "10.1.0.0/16"  # an IPv4-mapped address is IPv4
     assert subnet_of("-", 24) == "-"
 
 
@@ -254,3 +259,66 @@ def test_allowed_ips_and_ip_filters_agree_on_ipv4_mapped_ipv6(tmp_path: Path) ->
     outside = attributor.attribute(Record(T0, "::ffff:192.0.2.1", "GET", "/v1/models", 200, credential))
     assert outside.ip_allowed is False
     assert matches(tmp_path, "{ip: 10.0.0.0/8}", inside, outside) == [True, False]
+
+
+# -- edges of the language: status classes, several globs, many fields, the residual predicate ------
+
+
+def test_a_status_class_is_exactly_its_hundred_codes(tmp_path: Path) -> None:
+    events = [event(T0, status=s) for s in (399, 400, 499, 500, 599)]
+    assert matches(tmp_path, "{status: 4xx}", *events) == [False, True, True, False, False]
+    assert matches(tmp_path, "{status: [5xx, 399]}", *events) == [True, False, False, True, True]
+
+
+def test_several_glob_patterns_each_match_on_their_own(tmp_path: Path) -> None:
+    keys = ["jwt:root", "svc-a", "svc-ab", "alice", "xjwt:root", "jwt:rootXX"]
+    events = [event(T0, key=k) for k in keys]
+    assert matches(tmp_path, "{key: ['jwt:*t', 'svc-?', alice]}", *events) == [
+        True, True, False, True, False, False,
+    ]  # fmt: skip
+    match = glob_matcher(["jwt:*t", "svc-?", "alice"])
+    assert [match(k) for k in keys] == [True, True, False, True, False, False] and match(None) is False
+
+
+def test_many_fields_all_have_to_match(tmp_path: Path) -> None:
+    text = "{method: GET, path: '/v1/*', status: 2xx, key: alice, ip: office, user_agent: OpenAI}"
+    good = event(T0)
+    assert matches(tmp_path, text, good) == [True]
+    each_wrong = [
+        event(T0, method="POST"), event(T0, path="/ui/"), event(T0, status=404), event(T0, key="bob"),
+        event(T0, ip="203.0.113.5"), event(T0, user_agent="curl/8.5.0"),
+    ]  # fmt: skip
+    assert matches(tmp_path, text, *each_wrong) == [False] * len(each_wrong)
+    four = "{method: GET, path: '/v1/*', status: 2xx, key: alice}"
+    expected = [True, False, False, False, False, True]  # address and agent are not in these four
+    assert matches(tmp_path, four, good, *each_wrong[:4], each_wrong[4]) == expected
+
+
+def test_compile_filter_takes_any_object_with_some_of_the_fields() -> None:
+    """Fields an object lacks are not checked; a user_agent given as a plain string is compiled
+    (time-bounded) as rules.yaml's is."""
+    predicate = compile_filter(SimpleNamespace(user_agent="^curl/", outcome=[Outcome.ALLOWED]))
+    agents = [event(T0, user_agent="curl/8.5.0"), event(T0, user_agent="OpenAI/Python 1.82.0"),
+              event(T0, user_agent="curl/8.5.0", status=401), event(T0, user_agent=None)]  # fmt: skip
+    assert [predicate(e) for e in agents] == [True, False, False, False]
+    assert compile_filter(SimpleNamespace())(event(T0)) is True
+    assert admits(SimpleNamespace(), (None,) * len(INDEXED)) is True
+
+
+def test_the_subnet_cache_is_bounded() -> None:
+    sizes: set[int] = set()
+    for i in range(filters_module._SUBNET_CACHE_MAX + 1):  # as many new addresses as it holds, and one
+        subnet_of(f"10.{i >> 8 & 255}.{i & 255}.{i >> 16}", 24)
+        sizes.add(len(filters_module._SUBNET_CACHE))
+    assert max(sizes) <= filters_module._SUBNET_CACHE_MAX
+    assert subnet_of("10.1.2.3", 24) == "10.1.2.0/24"
+
+
+def test_the_residual_predicate_leaves_the_indexed_fields_to_admits(tmp_path: Path) -> None:
+    rule = when(tmp_path, "{outcome: denied, scope_allowed: false, method: GET}")
+    rest = compile_filter(rule, indexed=False)
+    allowed = event(T0, status=200, scope_allowed=True)
+    assert rest(allowed) is True and compile_filter(rule)(allowed) is False
+    assert rest(event(T0, method="POST", status=403, scope_allowed=False)) is False
+    index = tuple(getattr(allowed, f) for f in INDEXED)
+    assert admits(rule, index) is False

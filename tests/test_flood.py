@@ -4,14 +4,17 @@ rule within its budget, are untouched."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from ruletools import T0, engine, event, feed, firing, resolved
 
 from xinf_watch.config import ConfigError
-from xinf_watch.flood import FLOOD_WINDOW
-from xinf_watch.model import KeyState
+from xinf_watch.episodes import alert_id
+from xinf_watch.flood import FLOOD_WINDOW, MAX_HELD_IDS, Flood, FloodGate
+from xinf_watch.model import Alert, AlertStatus, KeyState, Severity
 from xinf_watch.rules import RuleEngine
 
 WEBUI = (
@@ -98,6 +101,17 @@ def test_a_held_back_firing_is_never_resolved_and_the_sent_ones_are(tmp_path: Pa
     assert [a for a in later if a.kind == "flood"][0].count == 3
 
 
+def test_a_rule_without_a_limit_beside_one_with_a_limit_is_untouched(tmp_path: Path) -> None:
+    unlimited = REVOKED.replace("severity: critical", "severity: critical, max_alerts: 0")
+    eng = engine(tmp_path, WEBUI + "\n" + unlimited)
+    events = [outsider(T0 + i, i) for i in range(10)]
+    events += [event(T0 + 10 + i, key=f"old-{i}", key_state=KeyState.REVOKED, status=401) for i in range(30)]
+    out = feed(eng, events)
+    assert [a.kind for a in out if a.rule == "webui-external"] == ["match"] * 3 + ["flood"]
+    assert len([a for a in out if a.rule == "revoked-key-used"]) == 30
+    assert eng.held_back == {"webui-external": 7}
+
+
 def test_max_alerts_zero_is_no_limit(tmp_path: Path) -> None:
     eng = engine(tmp_path, WEBUI.replace("max_alerts: 3", "max_alerts: 0"))
     out = feed(eng, [outsider(T0 + i, i) for i in range(300)])
@@ -141,3 +155,124 @@ def test_a_bad_max_alerts_is_refused_naming_the_line(tmp_path: Path, value: str,
     message = str(caught.value)
     assert message.startswith(f"{tmp_path / 'rules.yaml'}:4: rules[0].max_alerts:"), message
     assert expected in message and "\n" not in message
+
+
+# -- FloodGate on its own: the budget's edge, the bound on held ids, what a flood alert carries ------
+
+
+def gate_alert(n: int, now: float, status: str = "firing", kind: str = "threshold", **group: str) -> Alert:
+    return Alert(rule="burst", kind=kind, severity=Severity.WARNING, status=AlertStatus(status),
+                 group=group or {"ip": f"198.51.100.{n}"}, key="", count=1, first_ts=now, last_ts=now,
+                 summary="", source=None, id=f"id-{n}")  # fmt: skip
+
+
+def test_the_oldest_sent_alert_leaves_the_budget_exactly_one_flood_window_later() -> None:
+    gate = FloodGate("burst", Severity.WARNING, 2)
+    assert gate.admit(gate_alert(1, T0), T0) and gate.admit(gate_alert(2, T0 + 1), T0 + 1)
+    (sent,) = gate.admit(gate_alert(3, T0 + FLOOD_WINDOW), T0 + FLOOD_WINDOW)  # T0's went out 10m ago
+    assert sent.id == "id-3" and gate.flood is None
+    (flood,) = gate.admit(gate_alert(4, T0 + FLOOD_WINDOW + 0.5), T0 + FLOOD_WINDOW + 0.5)  # T0+1's has not
+    assert flood.kind == "flood" and gate.held_back_total == 1
+
+
+def test_held_back_counts_every_firing_held_back_and_starts_at_zero(tmp_path: Path) -> None:
+    eng = engine(tmp_path, WEBUI)
+    assert eng.held_back == {}
+    feed(eng, [outsider(T0 + i, i) for i in range(3)])
+    assert eng.held_back == {}  # within the budget: nothing held back
+    feed(eng, [outsider(T0 + 3 + i, 3 + i) for i in range(97)])
+    assert eng.held_back == {"webui-external": 97}
+    eng.advance(T0 + 99 + FLOOD_WINDOW)  # the flood ends; the total is for ever
+    assert eng.held_back == {"webui-external": 97}
+
+
+def test_at_most_max_held_ids_resolutions_are_held_back_the_oldest_forgotten() -> None:
+    gate = FloodGate("burst", Severity.WARNING, 1)
+    gate.admit(gate_alert(0, T0), T0)
+    for n in range(1, MAX_HELD_IDS + 2):  # one more than the bound is held back
+        gate.admit(gate_alert(n, T0 + 1), T0 + 1)
+    assert len(gate.held_ids) == MAX_HELD_IDS and gate.held_back_total == MAX_HELD_IDS + 1
+    later = T0 + 2 * FLOOD_WINDOW
+    assert gate.admit(gate_alert(1, later, "resolved"), later) != []  # forgotten: its resolution goes out
+    assert gate.admit(gate_alert(2, later, "resolved"), later) == []  # the oldest one still held
+    assert gate.admit(gate_alert(MAX_HELD_IDS + 1, later, "resolved"), later) == []  # the newest
+    assert gate.admit(gate_alert(2, later, "resolved"), later) != []  # held back once, not for ever
+
+
+def test_a_flood_alert_carries_its_times_its_id_and_every_example_group() -> None:
+    gate = FloodGate("burst", Severity.CRITICAL, 1)
+    gate.admit(gate_alert(0, T0), T0)
+    (opened,) = gate.admit(gate_alert(1, T0 + 5, key="k1", ip="198.51.100.1"), T0 + 5)
+    gate.admit(gate_alert(2, T0 + 7, kind="match", **{"": ""}), T0 + 7)
+    gate.admit(gate_alert(3, T0 + 9, kind="match", path="/ui/"), T0 + 9)
+    assert (opened.first_ts, opened.last_ts, opened.count) == (T0 + 5, T0 + 5, 1)
+    assert opened.id == alert_id("burst", {"flood": "burst"}, T0 + 5) and opened.severity is Severity.CRITICAL
+    assert gate.settle(T0 + 9 + FLOOD_WINDOW - 0.001) == []
+    (over,) = gate.settle(T0 + 9 + FLOOD_WINDOW)
+    assert (over.first_ts, over.last_ts, over.count, over.id) == (T0 + 5, T0 + 9, 3, opened.id)
+    assert over.summary == (
+        "alert flood over: 3 alerts of burst held back from 2026-11-28T07:06:05Z to 2026-11-28T07:06:09Z "
+        "(e.g. key=k1 ip=198.51.100.1, =, path=/ui/)"
+    )
+    # the next flood of the same rule is another episode: another id
+    gate.admit(gate_alert(4, T0 + 3000), T0 + 3000)
+    (second,) = gate.admit(gate_alert(5, T0 + 3001), T0 + 3001)
+    assert second.kind == "flood" and second.id != opened.id
+
+
+def test_a_flood_example_of_an_ungrouped_rule_is_a_dash() -> None:
+    gate = FloodGate("burst", Severity.WARNING, 1)
+    gate.admit(gate_alert(0, T0), T0)
+    held = gate_alert(1, T0 + 1)
+    gate.admit(Alert(**{**vars_of(held), "group": {}}), T0 + 1)
+    (over,) = gate.settle(T0 + 1 + FLOOD_WINDOW)
+    assert over.summary.endswith("(e.g. -)") and over.extra["examples"] == [{}]
+
+
+def vars_of(alert: Alert) -> dict[str, Any]:
+    return {f: getattr(alert, f) for f in alert.__dataclass_fields__}
+
+
+def test_a_gates_state_comes_back_whole_through_json() -> None:
+    def restarted(gate: FloodGate) -> FloodGate:
+        again = FloodGate("burst", Severity.WARNING, 2)
+        again.restore(json.loads(json.dumps(gate.snapshot())))
+        assert again.snapshot() == gate.snapshot()
+        return again
+
+    gate = FloodGate("burst", Severity.WARNING, 2)
+    gate.admit(gate_alert(1, T0), T0)
+    gate.admit(gate_alert(2, T0 + 1), T0 + 1)
+    gate = restarted(gate)  # the budget it spent is still spent
+    (flood,) = gate.admit(gate_alert(3, T0 + 2, ip="198.51.100.3"), T0 + 2)
+    assert flood.kind == "flood"
+    gate = restarted(gate)  # and the flood, what it held back and the total go on
+    assert gate.held_back_total == 1
+    assert gate.admit(gate_alert(3, T0 + 3, "resolved"), T0 + 3) == []  # its firing was held back
+    (over,) = gate.settle(T0 + 2 + FLOOD_WINDOW)
+    assert (over.first_ts, over.last_ts, over.count, over.id) == (T0 + 2, T0 + 2, 1, flood.id)
+    assert over.extra["examples"] == [{"ip": "198.51.100.3"}]
+
+
+@pytest.mark.parametrize(
+    "flood",
+    [
+        {"started": "x", "last": T0, "held_back": 2, "examples": []},
+        {"started": T0, "last": "x", "held_back": 2, "examples": []},
+        {"started": T0, "last": T0, "held_back": "2", "examples": []},
+        {"started": T0, "last": T0, "held_back": 2, "examples": [1]},
+        {"started": T0, "last": T0, "held_back": 2, "examples": {"ip": "x"}},
+    ],
+)
+def test_a_damaged_flood_is_no_flood(flood: dict[str, Any]) -> None:
+    gate = FloodGate("burst", Severity.WARNING, 2)
+    gate.restore({"sent": [], "held_ids": [], "flood": flood, "held_back_total": 2})
+    assert gate.flood is None and gate.held_back_total == 2
+
+
+def test_restored_examples_are_strings_and_a_bad_total_is_zero() -> None:
+    gate = FloodGate("burst", Severity.WARNING, 2)
+    flood = {"started": T0, "last": T0 + 1, "held_back": 4, "examples": [{"status": 401, 7: None}]}
+    gate.restore({"sent": [T0], "held_ids": ["a", 3, "b"], "flood": flood, "held_back_total": True})
+    assert gate.flood == Flood(T0, T0 + 1, 4, [{"status": "401", "7": "None"}])
+    assert list(gate.held_ids) == ["a", "b"] and list(gate.sent) == [T0] and gate.held_back_total == 0

@@ -745,3 +745,111 @@ def test_bounded_map_evicts_the_least_recently_touched_but_keeps_protected_entri
     for key in "abc":
         everything.setdefault(key, lambda: "firing")
     assert list(everything.data) == ["b", "c"]  # all protected: the bound wins, the oldest goes
+
+
+# -- the engine's clock and state at their edges ---------------------------------------------------
+
+SILENT_ANY = "- {name: silent, kind: absent, for: 5m}"  # no `sources:`: every configured source
+
+
+def test_absent_without_sources_watches_every_source_from_the_engines_start(tmp_path: Path) -> None:
+    eng = engine(tmp_path, SILENT_ANY, sources=("gateway", "audit"))
+    assert eng.advance(T0) == []  # the daemon's first tick: the clock starts before any line
+    alerts = feed(eng, [event(T0 + 60 * i) for i in range(1, 6)])  # only the gateway writes
+    (alert,) = alerts
+    assert alert.group == {"source": "audit"} and alert.first_ts == T0 and alert.last_ts == T0 + 300
+
+
+def test_clock_work_runs_every_second_in_a_steady_stream_of_lines(tmp_path: Path) -> None:
+    eng = engine(tmp_path, SILENT_ANY, sources=("gateway", "audit"))
+    out = [(e.ts, a.group) for e in (event(T0 + i) for i in range(301)) for a in eng.observe(e)]
+    assert out == [(T0 + 300, {"source": "audit"})]  # one line a second: each one a tick
+
+
+def test_a_line_exactly_max_clock_lead_ahead_moves_the_clock(tmp_path: Path) -> None:
+    eng = engine(tmp_path, threshold(5))
+    eng.observe(denied(T0))
+    eng.observe(denied(T0 + 3600))  # MAX_CLOCK_LEAD: still a log that moves on
+    assert eng.now == T0 + 3600
+    eng.observe(denied(T0 + 3600 + 3600.5))  # beyond it: a lone line waits for the next one
+    assert eng.now == T0 + 3600
+
+
+def test_a_line_in_time_between_two_stray_lines_keeps_the_clock_waiting(tmp_path: Path) -> None:
+    eng = engine(tmp_path, threshold(5))
+    eng.observe(denied(T0 + 1))
+    eng.observe(denied(T0 + 10 * DAY))  # stray
+    assert eng.snapshot()["leap_pending"] is True
+    eng.observe(denied(T0))  # the log goes on in its own time (a line a second late)
+    assert eng.now == T0 + 1 and eng.snapshot()["leap_pending"] is False
+    eng.observe(denied(T0 + 20 * DAY))  # another stray: alone again, the clock stays
+    assert eng.now == T0 + 1 and eng.snapshot()["leap_pending"] is True
+    eng.observe(denied(T0 + 2))
+    assert eng.now == T0 + 2 and eng.snapshot()["leap_pending"] is False
+
+
+def test_a_far_line_after_the_first_tick_waits_for_a_second_one(tmp_path: Path) -> None:
+    eng = engine(tmp_path, threshold(5))
+    eng.advance(T0)  # the daemon ticked before the first line came
+    eng.observe(denied(T0 + 2 * 3600))
+    assert eng.now == T0
+    eng.observe(denied(T0 + 2 * 3600 + 1))
+    assert eng.now == T0 + 2 * 3600 + 1
+
+
+def test_a_late_line_counts_as_its_source_writing_in_its_own_time(tmp_path: Path) -> None:
+    eng = engine(tmp_path, SILENT_ANY.replace("5m", "1m"), sources=("gateway", "audit"))
+    feed(eng, [event(T0), event(T0 + 10), event(T0 + 5, source="audit"), event(T0 + 2)])
+    assert eng.last_write == T0 + 10  # the gateway's late line does not take its last write back
+    assert eng.snapshot()["source_last_seen"] == {"gateway": T0 + 10, "audit": T0 + 5}
+    (alert,) = eng.advance(T0 + 65)  # audit silent a minute since its own (late) line
+    assert alert.group == {"source": "audit"} and alert.first_ts == T0 + 5
+
+
+def test_a_late_use_of_a_key_does_not_take_its_last_use_back(tmp_path: Path) -> None:
+    eng = engine(tmp_path, threshold(5))
+    feed(eng, [use(T0 + 10, "alice"), use(T0 + 5, "alice"), use(T0 + 7, "bob")])
+    assert eng.snapshot()["keys_last_used"] == {"alice": T0 + 10, "bob": T0 + 7}
+
+
+def test_key_expiry_is_checked_each_minute_and_at_a_keys_first_use_not_at_every_line(
+    tmp_path: Path,
+) -> None:
+    registry = Registry(key_entry("kim", expires_at=T0 + 7 * DAY + 30, created_at=T0 - DAY))
+    eng = key_expiry_engine(tmp_path, "- {name: expiring, kind: key_expiry, within: 7d}", registry)
+    assert eng.observe(use(T0, "kim")) == []  # first use: checked, 7 days and 30 s left
+    assert feed(eng, [use(T0 + 31, "kim"), denied(T0 + 45), use(T0 + 59, "kim")]) == []
+    (alert,) = eng.observe(use(T0 + 60, "kim"))  # the minute's check: within 7 days now
+    assert alert.key == "kim" and alert.first_ts == T0 + 60
+
+
+def test_state_comes_back_whole_through_json(tmp_path: Path) -> None:
+    fresh = engine(tmp_path, threshold(5))
+    state = fresh.snapshot()
+    assert {k: state[k] for k in ("now", "started", "leap_pending", "next_tick", "next_expiry_check")} == {
+        "now": None, "started": None, "leap_pending": False, "next_tick": None, "next_expiry_check": None,
+    }  # fmt: skip
+    eng = engine(tmp_path, threshold(5) + "\n" + MATCH)
+    feed(eng, [denied(T0 + i) for i in range(4)] + [revoked(T0 + 5), use(T0 + 6, "alice")])
+    saved = json.loads(json.dumps(eng.snapshot()))
+    assert (saved["now"], saved["started"], saved["next_tick"], saved["next_expiry_check"]) == (
+        T0 + 6, T0, T0 + 7, T0 + 60
+    )  # fmt: skip
+    assert saved["leap_pending"] is False
+    again = engine(tmp_path, threshold(5) + "\n" + MATCH)
+    again.restore(saved)
+    assert json.loads(json.dumps(again.snapshot())) == saved
+    assert again.now == T0 + 6 and again.started == T0
+
+
+def test_restore_drops_times_that_are_not_numbers_and_reads_keys_seen(tmp_path: Path) -> None:
+    eng = engine(tmp_path, threshold(5))
+    eng.restore({
+        "version": 1, "now": T0, "source_last_seen": {"gateway": "x", "audit": T0 - 5, "7": True},
+        "keys_last_used": {"alice": None, "bob": T0 - 1},
+    })  # fmt: skip
+    state = eng.snapshot()
+    assert state["source_last_seen"] == {"audit": T0 - 5} and state["keys_last_used"] == {"bob": T0 - 1}
+    older = engine(tmp_path, threshold(5))
+    older.restore({"version": 1, "now": T0, "keys_seen": ["alice", 3]})  # before last use was kept
+    assert older.snapshot()["keys_last_used"] == {"alice": T0}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 from hypothesis import given
@@ -20,37 +21,37 @@ V2_11 = load_scope_map("2.11.0")
 V2_12 = load_scope_map("2.12")
 
 
-@pytest.mark.parametrize(
-    ("method", "path", "current", "legacy"),
-    [
-        ("GET", "/v1/models", "models:list", "models:list"),
-        ("GET", "/v1/models/qwen2.5-instruct", "models:list", "models:list"),
-        ("POST", "/v1/chat/completions", "models:read", "models:read"),
-        ("POST", "/v1/embeddings", "models:read", "models:read"),
-        ("POST", "/v1/models", "models:write", "models:start"),
-        ("DELETE", "/v1/models/x", "models:write", "models:stop"),
-        ("DELETE", "/v1/models/glm4-chat", "models:write", "models:stop"),
-        ("GET", "/v1/cluster/info", "admin", "admin"),
-        ("GET", "/v1/cluster/logs", "logs:list", "admin"),
-        ("POST", "/v1/models/update_type", "models:register", "models:add"),
-        ("GET", "/v1/admin/users", "users:manage", "users:manage"),
-        ("GET", "/v1/admin/keys", "keys:create", "keys:create"),  # any of keys:create / keys:manage
-        ("GET", "/", "webui", "webui"),
-        ("GET", "/ui/", "webui", "webui"),
-        ("GET", "/ui/static/js/main.js", "webui", "webui"),
-        ("GET", "/docs", "webui", "webui"),
-        ("GET", "/redoc", "webui", "webui"),
-        ("GET", "/openapi.json", "webui", "webui"),
-        ("POST", "/token", "public", "public"),
-        ("GET", "/status", "public", "public"),
-        ("GET", "/metrics", "public", "public"),
-        ("GET", "/v1/models/prompts", "public", "public"),
-        ("GET", "/v1/models/instances", "models:list", "models:list"),  # registered before /v1/models/{uid}
-        ("GET", "/v1/nonexistent", "unmatched", "unmatched"),
-        ("POST", "/whatever", "unmatched", "unmatched"),
-        ("PUT", "/v1/models", "unmatched", "unmatched"),
-    ],
-)
+REAL_PATHS = [
+    ("GET", "/v1/models", "models:list", "models:list"),
+    ("GET", "/v1/models/qwen2.5-instruct", "models:list", "models:list"),
+    ("POST", "/v1/chat/completions", "models:read", "models:read"),
+    ("POST", "/v1/embeddings", "models:read", "models:read"),
+    ("POST", "/v1/models", "models:write", "models:start"),
+    ("DELETE", "/v1/models/x", "models:write", "models:stop"),
+    ("DELETE", "/v1/models/glm4-chat", "models:write", "models:stop"),
+    ("GET", "/v1/cluster/info", "admin", "admin"),
+    ("GET", "/v1/cluster/logs", "logs:list", "admin"),
+    ("POST", "/v1/models/update_type", "models:register", "models:add"),
+    ("GET", "/v1/admin/users", "users:manage", "users:manage"),
+    ("GET", "/v1/admin/keys", "keys:create", "keys:create"),  # any of keys:create / keys:manage
+    ("GET", "/", "webui", "webui"),
+    ("GET", "/ui/", "webui", "webui"),
+    ("GET", "/ui/static/js/main.js", "webui", "webui"),
+    ("GET", "/docs", "webui", "webui"),
+    ("GET", "/redoc", "webui", "webui"),
+    ("GET", "/openapi.json", "webui", "webui"),
+    ("POST", "/token", "public", "public"),
+    ("GET", "/status", "public", "public"),
+    ("GET", "/metrics", "public", "public"),
+    ("GET", "/v1/models/prompts", "public", "public"),
+    ("GET", "/v1/models/instances", "models:list", "models:list"),  # registered before /v1/models/{uid}
+    ("GET", "/v1/nonexistent", "unmatched", "unmatched"),
+    ("POST", "/whatever", "unmatched", "unmatched"),
+    ("PUT", "/v1/models", "unmatched", "unmatched"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "current", "legacy"), REAL_PATHS)
 def test_real_paths(method: str, path: str, current: str, legacy: str) -> None:
     assert CURRENT.scope_for(method, path) == current
     assert V4.scope_for(method, path) == current
@@ -177,6 +178,8 @@ def test_overrides_are_tried_first() -> None:
         (ScopeOverride("", "/x", "s"), "must not be empty"),
         (ScopeOverride("GET", "/x", " "), "must not be empty"),
         (ScopeOverride("GET", "/x/{bad-name}", "s"), "parameters look like {name} or {name:path}"),
+        (ScopeOverride("GET", "/x/{open", "s"), "parameters look like {name} or {name:path}"),
+        (ScopeOverride("GET", "/x/close}", "s"), "parameters look like {name} or {name:path}"),
     ],
 )
 def test_bad_overrides(override: ScopeOverride, message: str) -> None:
@@ -207,6 +210,8 @@ def test_bad_overrides(override: ScopeOverride, message: str) -> None:
         ("3.2.1.post1", "v3.2.1"),
         (" 4.1.0 ", "head"),
         ("head", "head"),
+        ("main", "head"),
+        ("Latest", "head"),
     ],
 )
 def test_versions(version: str | None, tag: str) -> None:
@@ -227,33 +232,33 @@ OPERATOR_OLD_NAMES = frozenset({"models:list", "models:read", "models:start", "m
 REGISTRAR_OLD_NAMES = frozenset({"models:add", "models:unregister"})
 
 
-@pytest.mark.parametrize(
-    ("scope_map", "permissions", "scope", "api_key", "expected"),
-    [
-        (CURRENT, None, "webui", True, True),
-        (CURRENT, None, "public", False, True),
-        (CURRENT, None, "unmatched", True, True),
-        (CURRENT, None, "models:list", True, None),
-        (CURRENT, None, "models:write", True, None),
-        (CURRENT, frozenset(), "models:list", False, False),
-        (CURRENT, READER, "models:read", True, True),
-        (CURRENT, READER, "models:write", False, False),
-        (CURRENT, READER, "admin", False, False),
-        (CURRENT, ADMIN, "users:manage", False, True),  # admin covers everything
-        (CURRENT, ADMIN, "models:write", True, False),  # advanced auth: keys only reach model queries
-        (CURRENT, ADMIN, "models:read", True, True),
-        (CURRENT, OPERATOR_OLD_NAMES, "models:write", False, True),  # old names expanded (v2.12+)
-        (CURRENT, OPERATOR_OLD_NAMES, "models:write", True, False),
-        (CURRENT, REGISTRAR_OLD_NAMES, "models:register", False, True),
-        (V2_12, OPERATOR_OLD_NAMES, "models:write", True, True),  # no advanced auth by default in 2.x
-        (V2_12, ADMIN, "models:write", True, True),
-        (V2_11, OPERATOR_OLD_NAMES, "models:start", True, True),  # legacy: compared as is
-        (V2_11, OPERATOR_OLD_NAMES, "models:write", True, False),
-        (V2_11, frozenset({"models:write"}), "models:start", True, False),
-        (V2_11, ADMIN, "models:stop", True, True),
-        (V2_11, READER, "admin", True, False),
-    ],
-)
+COVERS = [
+    (CURRENT, None, "webui", True, True),
+    (CURRENT, None, "public", False, True),
+    (CURRENT, None, "unmatched", True, True),
+    (CURRENT, None, "models:list", True, None),
+    (CURRENT, None, "models:write", True, None),
+    (CURRENT, frozenset(), "models:list", False, False),
+    (CURRENT, READER, "models:read", True, True),
+    (CURRENT, READER, "models:write", False, False),
+    (CURRENT, READER, "admin", False, False),
+    (CURRENT, ADMIN, "users:manage", False, True),  # admin covers everything
+    (CURRENT, ADMIN, "models:write", True, False),  # advanced auth: keys only reach model queries
+    (CURRENT, ADMIN, "models:read", True, True),
+    (CURRENT, OPERATOR_OLD_NAMES, "models:write", False, True),  # old names expanded (v2.12+)
+    (CURRENT, OPERATOR_OLD_NAMES, "models:write", True, False),
+    (CURRENT, REGISTRAR_OLD_NAMES, "models:register", False, True),
+    (V2_12, OPERATOR_OLD_NAMES, "models:write", True, True),  # no advanced auth by default in 2.x
+    (V2_12, ADMIN, "models:write", True, True),
+    (V2_11, OPERATOR_OLD_NAMES, "models:start", True, True),  # legacy: compared as is
+    (V2_11, OPERATOR_OLD_NAMES, "models:write", True, False),
+    (V2_11, frozenset({"models:write"}), "models:start", True, False),
+    (V2_11, ADMIN, "models:stop", True, True),
+    (V2_11, READER, "admin", True, False),
+]
+
+
+@pytest.mark.parametrize(("scope_map", "permissions", "scope", "api_key", "expected"), COVERS)
 def test_covers(
     scope_map: ScopeMap, permissions: frozenset[str] | None, scope: str, api_key: bool, expected: bool | None
 ) -> None:
@@ -315,3 +320,87 @@ def test_the_cache_is_bounded() -> None:
         scope_map.scope_for("GET", f"/v1/models/m{i}")
     assert len(scope_map._cache) <= scopes_module.CACHE_LIMIT
     assert scope_map.scope_for("GET", "/v1/models/m1") == "models:list"
+
+
+# -- built by the test itself, edges of overrides and paths, what refused a scope -------------------
+
+
+def test_maps_built_by_the_test_agree_with_the_tables() -> None:
+    """The maps above are built when this module is imported; these are built inside the test, so
+    that mutation testing (docs/mutation.md), which imports the tests once, sees that work too."""
+    current, v4, v2_11, v2_12 = (load_scope_map(v) for v in (None, "4.1.0", "2.11.0", "2.12"))
+    for method, path, now, legacy in REAL_PATHS:
+        scopes = [m.scope_for(method, path) for m in (current, v4, v2_11)]
+        assert scopes == [now, now, legacy], (method, path)
+    fresh = {id(CURRENT): current, id(V2_12): v2_12, id(V2_11): v2_11}
+    for scope_map, permissions, scope, api_key, expected in COVERS:
+        assert fresh[id(scope_map)].covers(permissions, scope, api_key=api_key) is expected, (
+            scope,
+            permissions,
+        )
+    assert v2_11.scope_for("POST", "/v1/ui/qwen2.5-instruct") == "models:read"  # a route removed in v3.0
+    assert v2_12.scope_for("DELETE", "/v1/model_registrations/llm/x") == "models:register"
+    assert load_scope_map("1.17.1").scope_for("GET", "/ui/") == "webui"
+
+
+def test_old_scope_names_are_expanded_only_from_v2_12_on() -> None:
+    start = frozenset({"models:start"})
+    assert load_scope_map("2.12").covers(start, "models:write", api_key=False) is True
+    assert load_scope_map("2.11.0").covers(start, "models:write", api_key=False) is False
+    assert load_scope_map("2.11.0").covers(start, "models:start", api_key=False) is True
+
+
+@pytest.mark.parametrize(
+    ("version", "scope", "api_key", "denied_by"),
+    [
+        ("4.1.0", "models:write", True, "api_key_limit"),
+        ("3.2", "admin", True, "api_key_limit"),
+        ("4.1.0", "models:write", False, "permissions"),  # a user's token: its permissions
+        ("4.1.0", "models:read", True, "permissions"),  # within the limit: the key's permissions
+        ("2.11", "models:start", True, "permissions"),  # no advanced auth before 3.0 by default
+    ],
+)
+def test_denied_by(version: str, scope: str, api_key: bool, denied_by: str) -> None:
+    assert load_scope_map(version).denied_by(scope, api_key=api_key).value == denied_by
+
+
+def test_override_wildcards_and_parameters_match_whole_segments() -> None:
+    scope_map = load_scope_map(
+        overrides=[
+            ScopeOverride("GET", "/internal/*", "internal"),
+            ScopeOverride("GET", "/a/{x}/b/{y}", "two"),
+        ]
+    )
+    assert scope_map.scope_for("GET", "/internal/") == "internal"
+    assert scope_map.scope_for("GET", "/internals") != "internal"  # the `*` follows the slash
+    assert scope_map.scope_for("GET", "/a/1/b/2") == "two"
+    assert (
+        scope_map.scope_for("GET", "/c/1/b/2") != "two" and scope_map.scope_for("GET", "/a/1/b/2/3") != "two"
+    )
+
+
+@given(
+    st.lists(
+        st.sampled_from(["a", "/", "%41", "%e2%82%ac", "%F0%9F%98%80", "%ff", "?", "%3F", "%"]), max_size=40
+    ),
+    st.integers(min_value=1, max_value=30),
+)
+def test_decode_path_is_decoding_all_then_cutting(parts: list[str], limit: int) -> None:
+    path = "".join(parts)
+    assert scopes_module.decode_path(path, limit) == unquote(path.partition("?")[0])[:limit]
+
+
+def test_a_path_longer_than_an_event_keeps_is_still_routed_whole() -> None:
+    uid = "m" * 2 * scopes_module.MAX_PATH
+    assert CURRENT.scope_for("GET", f"/v1/models/{uid}/events") == "models:read"
+    assert CURRENT.scope_for("GET", f"/v1/models/{uid}") == "models:list"
+
+
+def test_the_lookup_and_permission_caches_never_pass_their_limit() -> None:
+    scope_map = load_scope_map()
+    for i in range(scopes_module.CACHE_LIMIT + 1):
+        scope_map.scope_for("GET", f"/v1/models/m{i}")
+        scope_map.covers(frozenset({f"p{i}"}), "models:list", api_key=False)
+    assert len(scope_map._cache) <= scopes_module.CACHE_LIMIT
+    assert len(scope_map._expanded) <= scopes_module.CACHE_LIMIT
+    assert scope_map.covers(frozenset({"models:list"}), "models:list", api_key=False) is True
