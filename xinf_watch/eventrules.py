@@ -17,6 +17,7 @@ counted in the rule's `evicted_values`), distinct values per group at twice the 
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable
 from typing import Any
 
@@ -24,9 +25,11 @@ from xinf_watch import summaries
 from xinf_watch.episodes import fire, make_alert, resolve
 from xinf_watch.filters import subnet_of
 from xinf_watch.model import Alert, AlertStatus, Event, format_ts
-from xinf_watch.rulestate import CompiledRule, Episode, Group, GroupState
+from xinf_watch.rulestate import NEVER, CompiledRule, Episode, Group, GroupState
+from xinf_watch.windows import BUCKETS
 
 MAX_VALUES = 1_000
+SETTLE_SLACK = 1e-6  # seconds: a group is looked at this much early, whatever the float rounding
 
 Handler = Callable[[CompiledRule, Event, float], Alert | None]
 
@@ -189,7 +192,11 @@ HANDLERS: dict[str, Handler] = {
 
 
 def settle(rule: CompiledRule, now: float) -> list[Alert]:
-    """Resolve the firing groups of a threshold, spike or distinct rule that fell to half."""
+    """Resolve the firing groups of a threshold, spike or distinct rule that fell to half.
+
+    Runs every second of the clock; a threshold or distinct group is looked at again only once
+    its level can have fallen (`_settle_at`), so thousands of groups firing under an attack do not
+    cost thousands of counts a second."""
     out = []
     cfg = rule.config
     for group in list(rule.firing):
@@ -197,8 +204,12 @@ def settle(rule: CompiledRule, now: float) -> list[Alert]:
         if state is None or not state.episode.firing:
             del rule.firing[group]  # evicted (the memory bound won): nothing left to resolve
             continue
+        if now < state.settle_at:
+            continue
         level, firing_level = _levels(rule, state, now)
-        if level * 2 <= firing_level:
+        if level * 2 > firing_level:
+            state.settle_at = _settle_at(rule, state, firing_level)
+        else:
             counted = summaries.distinct_noun(cfg.value) if rule.kind == "distinct" else (
                 "matching requests" if rule.kind == "threshold" else "requests"
             )
@@ -207,6 +218,32 @@ def settle(rule: CompiledRule, now: float) -> list[Alert]:
             if alert is not None:
                 out.append(alert)
     return out
+
+
+def _settle_at(rule: CompiledRule, state: GroupState, firing_level: float) -> float:
+    """The earliest time a firing group's level can be at most half `firing_level`: when enough of
+    its oldest buckets (threshold) or values (distinct) have expired; more events only delay that.
+    A spike's level is judged against a baseline that moves: looked at every time (NEVER)."""
+    keep = int(firing_level // 2)  # the level it must fall to
+    if rule.kind == "threshold":
+        counter = state.counter
+        assert counter is not None
+        remaining = counter.total
+        for index, count, _ in counter.buckets:  # oldest first; a bucket goes at (index + BUCKETS) * width
+            remaining -= count
+            if remaining <= keep:
+                return float((index + BUCKETS) * counter.width) - SETTLE_SLACK
+        return NEVER
+    if rule.kind == "distinct":
+        # A value goes no sooner than `window` after it was last seen, so the level cannot be down
+        # to `keep` before the drop-th oldest sighting is that old. Not the drop-th in the dict's
+        # order: a late value sits behind newer ones, and a sighting moving a newer one to the end
+        # puts it in front. A new sighting only makes one later; a new value means one more to drop.
+        drop = len(state.values) - keep
+        if drop <= 0:
+            return NEVER
+        return heapq.nsmallest(drop, state.values.values())[-1] + float(rule.config.window) - SETTLE_SLACK
+    return NEVER
 
 
 def _levels(rule: CompiledRule, state: GroupState, now: float) -> tuple[int, float]:

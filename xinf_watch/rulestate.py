@@ -79,6 +79,9 @@ class GroupState:
     # ...and what it expects in the current window (window number, expected): unchanged within a
     # window, so computed once per window, not per event; derived, never saved
     expected_memo: tuple[int, float | None] = (-1, None)
+    # a firing threshold or distinct group: the earliest time its level can have fallen to half
+    # (its buckets or values expire, nothing else lowers it); derived, never saved
+    settle_at: float = NEVER
 
 
 @contextmanager
