@@ -21,12 +21,14 @@ writer is gone (`finish()`). Rule 5 of tail.py's spec is what this module does:
 from __future__ import annotations
 
 import codecs
+import itertools
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
 MAX_LINE_BYTES = 1 << 20
+READ_BLOCK = 1 << 20  # bytes `read_lines` reads at a time
 OVERLONG_LINE = ""  # what a line longer than MAX_LINE_BYTES becomes: blank, counted as skipped
 
 
@@ -144,19 +146,40 @@ def last_line_end(fd: int, size: int) -> int:
     return 0 if pos == 0 else size
 
 
-def read_lines(stream: BinaryIO) -> Iterator[str]:
+READ_BLOCK = 1 << 20  # bytes `read_lines` reads at a time
+
+
+def read_lines(stream: BinaryIO, max_bytes: int = MAX_LINE_BYTES) -> Iterator[str]:
     """The lines of `stream`, start to end, by this module's rules (for `replay`): never more than
-    `MAX_LINE_BYTES` in memory, a longer line is `OVERLONG_LINE`, a last line without newline a line."""
-    while line := stream.readline(MAX_LINE_BYTES + 1):
-        if line.endswith(b"\n"):
-            line = line[:-1]
-        elif len(line) > MAX_LINE_BYTES:
-            while (rest := stream.readline(1 << 16)) and not rest.endswith(b"\n"):
-                pass
-            yield OVERLONG_LINE
-            continue
-        text = line.decode("utf-8", "replace")
-        yield text[:-1] if text.endswith("\r") else text
+    `max_bytes` of one line in memory, a longer line is `OVERLONG_LINE`, a last line without
+    newline a line. Read in blocks and split: a readline() per line costs more than the rest of
+    reading."""
+    rest = b""  # the start of a line whose newline is not read yet
+    overlong = False  # inside a line past `max_bytes`: dropped up to its newline
+    while block := stream.read(READ_BLOCK):
+        pieces = block.split(b"\n")
+        last = pieces.pop()  # the start of the next line ("" when the block ends with a newline)
+        if pieces:  # the line `rest` began ends in this block
+            if overlong or len(rest) + len(pieces[0]) > max_bytes:
+                yield OVERLONG_LINE
+            else:
+                yield _text(rest + pieces[0])
+            overlong, rest = False, b""
+            for raw in itertools.islice(pieces, 1, None):
+                yield OVERLONG_LINE if len(raw) > max_bytes else _text(raw)
+        if overlong or len(rest) + len(last) > max_bytes:
+            overlong, rest = True, b""  # what it read of an overlong line is dropped
+        else:
+            rest += last
+    if overlong:
+        yield OVERLONG_LINE
+    elif rest:
+        yield _text(rest)
+
+
+def _text(raw: bytes) -> str:
+    text = raw.decode("utf-8", "replace")
+    return text[:-1] if text.endswith("\r") else text
 
 
 def _lines(data: bytes, end: int) -> list[str]:
