@@ -86,8 +86,10 @@ def test_hostile_rules_yaml_is_refused_by_check_quickly_and_in_bounded_memory(tm
 
 
 @pytest.mark.system
-@pytest.mark.parametrize("name", ["nul", "nested", "bomb"])
+@pytest.mark.parametrize("name", ["nul", "nested", "bomb", "fifo"])
 def test_a_key_file_rewritten_badly_leaves_the_daemon_running_on_its_keys(tmp_path: Path, name: str) -> None:
+    """...or replaced by a FIFO, whose open() would block until a writer comes: refused like the
+    others (without the regular-file check the daemon hangs there and ignores SIGTERM)."""
     ws = Workspace(tmp_path)
     keys = ws.root / "keys.yaml"
     keys.write_text(FIXTURE_KEYS.read_text())
@@ -97,7 +99,11 @@ def test_a_key_file_rewritten_badly_leaves_the_daemon_running_on_its_keys(tmp_pa
         chatbot = access_line(0, ip="127.0.1.21").rsplit('"Bearer ', 1)[0] + '"Bearer sk-Yn9ggOg8DoIku" 0.02'
         append(ws.log, [chatbot])
         d.wait_until(lambda m: parsed_lines(m) == 1)
-        keys.write_text(HOSTILE[name], encoding="utf-8")
+        if name == "fifo":
+            keys.unlink()
+            os.mkfifo(keys)
+        else:
+            keys.write_text(HOSTILE[name], encoding="utf-8")
         wait_until(lambda: "keys.yaml" in d.stderr(), timeout=20, what="the key file's error line")
         append(ws.log, [chatbot.replace("127.0.1.21", "127.0.1.22")])
         d.wait_until(lambda m: parsed_lines(m) == 2)
@@ -169,29 +175,6 @@ def test_the_daemon_never_counts_a_key_of_a_half_written_file_as_unknown(tmp_pat
                 f.write(text[start:end])
         d.wait_until(lambda m: parsed_lines(m) == len(starts), timeout=20)
         assert total(d.metrics(), "xinf_requests_total", key="unknown") == 0
-        assert "Traceback" not in d.stderr()
-    finally:
-        d.terminate()
-
-
-def test_a_key_file_replaced_by_a_fifo_never_blocks_the_daemon(tmp_path: Path) -> None:
-    """open() of a FIFO blocks until a writer comes: the daemon must refuse it (one error line)
-    and go on reading logs on the keys it had, not hang while /metrics keeps answering."""
-    ws = Workspace(tmp_path)
-    keys = ws.root / "keys.yaml"
-    keys.write_text(FIXTURE_KEYS.read_text())
-    ws.write_rules(keys=[keys], rules=[])
-    d = ws.daemon().start()
-    try:
-        chatbot = access_line(0, ip="127.0.1.21").rsplit('"Bearer ', 1)[0] + '"Bearer sk-Yn9ggOg8DoIku" 0.02'
-        append(ws.log, [chatbot])
-        d.wait_until(lambda m: parsed_lines(m) == 1)
-        keys.unlink()
-        os.mkfifo(keys)
-        wait_until(lambda: "not a regular file" in d.stderr(), timeout=20, what="the key file's error line")
-        append(ws.log, [chatbot.replace("127.0.1.21", "127.0.1.22")])
-        d.wait_until(lambda m: parsed_lines(m) == 2, timeout=10, what="the line after the FIFO")
-        assert total(d.metrics(), "xinf_requests_total", key="chatbot-prod") == 2
         assert "Traceback" not in d.stderr()
     finally:
         d.terminate()
