@@ -35,20 +35,22 @@ from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
-import jsonschema
-import kubernetes_validate
 import pytest
 import yaml
 from harness import DaemonProcess, parse_metrics, total
-from kubernetes_validate.utils import latest_version, schema_contents
 from receivers import free_port
-from referencing import Registry, Resource
-from tools import require_program
+from tools import require_module, require_program
 
 from xinf_watch.config import load_config
 from xinf_watch.keyfiles import load_registry
 from xinf_watch.keysources import SETTLE_NS, KeySources
 from xinf_watch.model import KeyState
+
+kubernetes_validate = require_module("kubernetes_validate")  # it brings jsonschema and referencing
+
+import jsonschema  # noqa: E402
+from kubernetes_validate.utils import latest_version, schema_contents  # noqa: E402
+from referencing import Registry, Resource  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
