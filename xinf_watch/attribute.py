@@ -14,7 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from xinf_watch.addresses import parse_ip
+from xinf_watch.addresses import ip_in
+from xinf_watch.caches import remember
 from xinf_watch.keys import Attribution, KeyRegistry
 from xinf_watch.model import CredentialKind, Event, KeyState, Outcome, Record, ScopeDenial
 from xinf_watch.scopes import ScopeMap, decode_path
@@ -104,9 +105,7 @@ class Attributor:
         )  # fmt: skip
         plan = self._plans.get(combination)
         if plan is None:
-            if len(self._plans) >= PLAN_CACHE_LIMIT:
-                self._plans.clear()
-            plan = self._plans[combination] = self._plan(who, record)
+            plan = remember(self._plans, combination, self._plan(who, record), PLAN_CACHE_LIMIT)
         ip_allowed = None
         if who.allowed_ips:
             if registry is not self._allowed_registry:  # the key files were reloaded
@@ -155,9 +154,5 @@ class Attributor:
         combination = (who.key, ip)
         inside = self._allowed.get(combination)
         if inside is None:
-            if len(self._allowed) >= PLAN_CACHE_LIMIT:
-                self._allowed.clear()
-            addr = parse_ip(ip)
-            inside = addr is not None and any(addr in net for net in who.allowed_ips)
-            self._allowed[combination] = inside
+            inside = remember(self._allowed, combination, ip_in(ip, who.allowed_ips), PLAN_CACHE_LIMIT)
         return inside

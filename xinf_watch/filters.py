@@ -24,7 +24,8 @@ from fnmatch import translate
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import Any
 
-from xinf_watch.addresses import parse_ip
+from xinf_watch.addresses import ip_in, parse_ip
+from xinf_watch.caches import remember
 from xinf_watch.model import Event
 from xinf_watch.userregex import UserRegex
 
@@ -34,11 +35,6 @@ Network = IPv4Network | IPv6Network
 # Fields with a handful of possible values: the engine indexes rules by them (see `admits`).
 INDEXED = ("credential", "key_state", "outcome", "scope_allowed", "ip_allowed", "ip_forwarded")
 _BOOLEANS = frozenset({"scope_allowed", "ip_allowed", "ip_forwarded"})
-
-
-def ip_in(text: str, networks: Iterable[Network]) -> bool:
-    addr = parse_ip(text)
-    return addr is not None and any(addr in net for net in networks)
 
 
 _IP_MATCH_CACHE_MAX = 16384  # addresses per matcher; beyond, a flood of new ones: start over
@@ -53,9 +49,7 @@ def ip_matcher(networks: Iterable[Network]) -> Callable[[str], bool]:
     def inside(text: str) -> bool:
         hit = seen.get(text)
         if hit is None:
-            if len(seen) >= _IP_MATCH_CACHE_MAX:
-                seen.clear()
-            hit = seen[text] = ip_in(text, nets)
+            hit = remember(seen, text, ip_in(text, nets), _IP_MATCH_CACHE_MAX)
         return hit
 
     return inside
@@ -73,16 +67,13 @@ def subnet_of(text: str, prefix: int) -> str:
     cached = _SUBNET_CACHE.get((text, prefix))
     if cached is not None:
         return cached
-    if len(_SUBNET_CACHE) >= _SUBNET_CACHE_MAX:
-        _SUBNET_CACHE.clear()
     addr = parse_ip(text)
     if addr is None:
         result = text
     else:
         bits = prefix if addr.version == 4 or prefix > 32 else 64
         result = str(ip_network(f"{addr}/{min(bits, addr.max_prefixlen)}", strict=False))
-    _SUBNET_CACHE[(text, prefix)] = result
-    return result
+    return remember(_SUBNET_CACHE, (text, prefix), result, _SUBNET_CACHE_MAX)
 
 
 def _values(value: Any) -> tuple[str, ...]:

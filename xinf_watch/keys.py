@@ -46,6 +46,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Network, IPv6Network
 
+from xinf_watch.caches import remember
 from xinf_watch.model import CredentialKind, KeyHint, KeyState
 
 IPNetwork = IPv4Network | IPv6Network
@@ -220,10 +221,7 @@ class KeyRegistry:
             return _NONE.states[0]
         res = self._cache.get(credential)
         if res is None:
-            res = self._lookup(credential)
-            if len(self._cache) >= CACHE_LIMIT:
-                self._cache.clear()
-            self._cache[credential] = res
+            res = remember(self._cache, credential, self._lookup(credential), CACHE_LIMIT)
         return res.states[bisect_right(res.changes, at)] if res.changes else res.states[0]
 
     def resolve_consumer(self, name: str, at: float) -> Attribution:
@@ -238,10 +236,7 @@ class KeyRegistry:
         """Attribute an audit.log line's user / key name / key prefix at time `at`."""
         res = self._hints.get(hint)
         if res is None:
-            res = self._hint_lookup(hint)
-            if len(self._hints) >= CACHE_LIMIT:
-                self._hints.clear()
-            self._hints[hint] = res
+            res = remember(self._hints, hint, self._hint_lookup(hint), CACHE_LIMIT)
         return res.at(at)
 
     def _entry_resolution(self, entry: KeyEntry) -> _Resolution:

@@ -31,6 +31,7 @@ from urllib.parse import unquote
 
 import yaml
 
+from xinf_watch.caches import remember
 from xinf_watch.model import ScopeDenial
 
 ROUTES_FILE = Path(__file__).parent / "data" / "routes.yaml"
@@ -135,10 +136,7 @@ class ScopeMap:
         key = (method, path)
         scope = self._cache.get(key)
         if scope is None:
-            scope = self._lookup(method.upper(), _route_path(path))
-            if len(self._cache) >= CACHE_LIMIT:  # paths are attacker-controlled: bound the cache
-                self._cache.clear()
-            self._cache[key] = scope
+            scope = remember(self._cache, key, self._lookup(method.upper(), _route_path(path)), CACHE_LIMIT)
         return scope
 
     def covers(self, permissions: frozenset[str] | None, scope: str, *, api_key: bool) -> bool | None:
@@ -152,9 +150,7 @@ class ScopeMap:
         expanded = self._expanded.get(permissions)
         if expanded is None:
             expanded = permissions | {self._aliases[p] for p in permissions if p in self._aliases}
-            if len(self._expanded) >= CACHE_LIMIT:
-                self._expanded.clear()
-            self._expanded[permissions] = expanded
+            remember(self._expanded, permissions, expanded, CACHE_LIMIT)
         return "admin" in expanded or scope in expanded
 
     def denied_by(self, scope: str, *, api_key: bool) -> ScopeDenial:

@@ -58,6 +58,7 @@ from __future__ import annotations
 from collections import deque
 from types import MappingProxyType
 
+from xinf_watch.caches import remember
 from xinf_watch.formats.common import Parser, json_object
 from xinf_watch.formats.xinference import millisecond_timestamps
 from xinf_watch.model import KeyHint, LineResult, Record
@@ -184,9 +185,7 @@ def compile_audit() -> Parser:
         hint_key = (user, key_name, prefix, auth_type)
         hint = hints.get(hint_key)
         if hint is None:
-            if len(hints) >= 4096:
-                hints.clear()
-            hint = hints[hint_key] = KeyHint(user, key_name, prefix, auth_type)
+            hint = remember(hints, hint_key, KeyHint(user, key_name, prefix, auth_type), 4096)
         return Record(
             ts=ts,
             ip=ip,
