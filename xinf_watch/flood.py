@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 from xinf_watch.episodes import alert_id
 from xinf_watch.model import ONE_OFF_KINDS, Alert, AlertStatus, Severity, format_ts
@@ -143,7 +143,7 @@ class FloodGate:
         self.held_back_total = total if isinstance(total, int) and not isinstance(total, bool) else 0
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
@@ -157,4 +157,4 @@ def _flood(data: Any) -> Flood | None:
     if not isinstance(examples, list) or not all(isinstance(g, dict) for g in examples):
         return None
     groups = [{str(k): str(v) for k, v in g.items()} for g in examples]
-    return Flood(float(started), float(last), held_back, groups)  # type: ignore[arg-type]
+    return Flood(float(started), float(last), held_back, groups)

@@ -16,6 +16,7 @@ state like the rules': `partial_lines()` to save, `build(partial_lines=...)` to 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Container, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -119,27 +120,25 @@ class Pipeline:
             if isinstance(fed, LineResult):  # a str too: first
                 self.store.count_line(source, fed)
                 return None
-            return self._parse_unwrapped(source, fed, unwrapper)
-        result = self.stages[source].parse(line)
+            return self._counted(source, self._parse_unwrapped(source, fed, unwrapper))
+        return self._counted(source, self.stages[source].parse(line))
+
+    def _counted(self, source: str, result: Record | LineResult) -> Record | None:
+        """Count a line's result; the record, if it is one."""
         if type(result) is Record:
             self.store.count_line(source, LineResult.PARSED)
             return result
         self.store.count_line(source, result)  # type: ignore[arg-type]
         return None
 
-    def _parse_unwrapped(self, source: str, line: str, unwrapper: Unwrapper) -> Record | None:
+    def _parse_unwrapped(self, source: str, line: str, unwrapper: Unwrapper) -> Record | LineResult:
         result = self.stages[source].parse(line)
-        if type(result) is Record and result.ts != result.ts:  # NO_TIME: the line has none of its own
+        if type(result) is Record and math.isnan(result.ts):  # NO_TIME: the line has none of its own
             ts = runtime_time(unwrapper.time)
             if ts is None:
-                result = LineResult.UNPARSED
-            else:
-                result.ts = ts
-        if type(result) is Record:
-            self.store.count_line(source, LineResult.PARSED)
-            return result
-        self.store.count_line(source, result)  # type: ignore[arg-type]
-        return None
+                return LineResult.UNPARSED
+            result.ts = ts
+        return result
 
     def end_file(self, source: str, file: Hashable) -> list[Record]:
         """`file` of a wrapped `source` has ended: the lines its parts made, parsed (to process)."""
@@ -150,7 +149,7 @@ class Pipeline:
         for fed in unwrapper.end(file):
             if isinstance(fed, LineResult):
                 self.store.count_line(source, fed)
-            elif (record := self._parse_unwrapped(source, fed, unwrapper)) is not None:
+            elif (record := self._counted(source, self._parse_unwrapped(source, fed, unwrapper))) is not None:
                 records.append(record)
         return records
 

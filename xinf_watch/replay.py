@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import gzip
 import heapq
-import itertools
 import os
 import re
 import sys
@@ -142,18 +141,16 @@ def _records(
     pipeline: Pipeline, item: ReplayInput, seq: int, progress: TextIO | None
 ) -> Iterator[tuple[float, int, str, Record]]:
     try:
-        lines = read_lines(item.path, progress)
-        first = next(lines, None)  # opens the file
+        for line in read_lines(item.path, progress):  # only its open can fail with FileNotFoundError
+            record = pipeline.parse(item.source, line, seq)
+            if record is not None:
+                yield record.ts, seq, item.source, record
     except FileNotFoundError:
         if not item.found:
             raise
         print(f"replay: note: {visible(str(item.path))} vanished before it was read (rotated away?): "
               "skipped", file=sys.stderr)  # fmt: skip
         return
-    for line in itertools.chain(() if first is None else (first,), lines):
-        record = pipeline.parse(item.source, line, seq)
-        if record is not None:
-            yield record.ts, seq, item.source, record
     for record in pipeline.end_file(item.source, seq):  # a wrapped line its file ended inside
         yield record.ts, seq, item.source, record
 
