@@ -167,3 +167,49 @@ class Alertmanager:
             self._proc.kill()
             self._proc.wait()
         self._log.close()
+
+
+class RedisServer:
+    """A real redis-server on a free loopback port, its data in `workdir` (saved on a clean stop,
+    as a packaged Redis does): `stop()` then `start()` is a restart on the same port."""
+
+    def __init__(self, binary: str, workdir: Path) -> None:
+        self.binary, self.workdir = binary, workdir
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> RedisServer:
+        self.starts += 1
+        log = self.workdir / f"redis-{self.starts}.log"
+        self._proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir),
+             "--save", "3600 1", "--appendonly", "no", "--logfile", str(log)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        wait_until(self._ready, timeout=10, what="redis-server accepting connections")
+        return self
+
+    def _ready(self) -> bool:
+        assert self._proc is not None
+        if self._proc.poll() is not None:
+            log = self.workdir / f"redis-{self.starts}.log"
+            raise AssertionError(f"redis-server exited:\n{log.read_text() if log.exists() else ''}")
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        """SIGTERM (Redis saves its data and exits), waited for."""
+        if self._proc is None or self._proc.poll() is not None:
+            return
+        self._proc.terminate()
+        try:
+            self._proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()

@@ -69,6 +69,7 @@ from xinf_watch.configvalues import (
     check_network,
     check_notify_target,
     check_path,
+    check_redis_url,
     check_regex_source,
     check_route_path,
     check_text,
@@ -122,6 +123,7 @@ ValueField = Annotated[
     str, PlainValidator(check_value_field), Expect("an event field or ip/<prefix>, e.g. ip or ip/24")
 ]
 ResolvedPath = Annotated[Path, PlainValidator(check_path), Expect("a file path")]
+RedisUrl = Annotated[str, PlainValidator(check_redis_url), Expect("a Redis URL, e.g. redis://127.0.0.1:6379/0")]
 
 
 class Frozen(BaseModel):
@@ -231,6 +233,9 @@ class MetricsConfig(Frozen):
 
 class StateConfig(Frozen):
     dir: ResolvedPath = Path("/var/lib/xinf-watch")
+    # rule state shared by a fleet (fleet.py): a Redis URL; `${VAR}` takes a password from the environment
+    shared: RedisUrl | None = None
+    instance: Name | None = None  # this instance in the fleet; default: the host name
 
 
 class AlertmanagerConfig(Frozen):

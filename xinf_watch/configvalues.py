@@ -327,6 +327,15 @@ def check_url(value: Any, info: ValidationInfo | None) -> str:
     return url
 
 
+def check_redis_url(value: Any, info: ValidationInfo | None) -> str:
+    url = check_env(value, _context(info))
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss", "unix") or not (parts.netloc or parts.path):
+        shown = show(url if parts.password is None else url.replace(parts.password, "***"))
+        return fail(f"{shown} is not a Redis URL (expected e.g. redis://127.0.0.1:6379/0)")
+    return url
+
+
 def parse_listen(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if host.startswith("[") and host.endswith("]"):

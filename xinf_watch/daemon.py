@@ -19,6 +19,9 @@ Around the loop:
   one in place, says why, and is counted;
 - systemd: READY once state is loaded and the port is open, RELOADING/READY around a reload,
   STATUS with the line rate, WATCHDOG only while the loop turns, STOPPING on the way out.
+- shared rule state (`state.shared`): the pipeline defers its events to the rules, and each turn
+  makes one round trip to the fleet's Redis (sharedlink.FleetSync): own events out, the fleet's
+  in, alerts claimed; without Redis the instance goes on alone and says so;
 - a state dir that cannot be written (disk full, read-only): the loop goes on, the store keeps the
   state in memory (state.py) and the journal its records; the loop retries with backoff (also
   while idle) until both are written, says so once each way, and exports it
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -42,6 +46,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from xinf_watch.alerts import ALERTMANAGER, AlertJournal, Deliverer, Refresher, build_targets, targets_for
 from xinf_watch.config import Config, ConfigError, SourceConfig, load_config
+from xinf_watch.fleet import FleetFeed
 from xinf_watch.keydates import DisabledSince
 from xinf_watch.keyfiles import KeyFileError
 from xinf_watch.keys import KeyRegistry
@@ -51,6 +56,7 @@ from xinf_watch.model import Alert
 from xinf_watch.pipeline import Pipeline
 from xinf_watch.rules import RuleEngine
 from xinf_watch.service import MetricsServer, Notifier
+from xinf_watch.sharedlink import FleetSync, SharedLink, redacted
 from xinf_watch.state import Outbox, StateStore
 from xinf_watch.tail import FileIdentity, Position, SourceTailer
 
@@ -94,6 +100,7 @@ class LoopStats:
     line_errors: dict[str, int] = field(default_factory=dict)
     state_writable: bool = True
     state_write_errors: int = 0
+    shared: FleetSync | None = None  # read for its gauges and counters
 
     def snapshot(self) -> dict[str, Any]:
         return {"reloads": dict(self.reloads), "batches": self.batches,
@@ -148,8 +155,30 @@ class DaemonCollector(Collector):
             write_errors = CounterMetricFamily("xinf_watch_state_write_errors", "Writes to the state dir "
                                                "that failed (commits, journal appends, their retries).")
             write_errors.add_metric((), s.state_write_errors)
+            shared = list(self._shared(s.shared)) if s.shared else []
         yield from families
         yield from (files, reloads, batch, batches, evicted, held_back, errors, writable, write_errors)
+        yield from shared
+
+    @staticmethod
+    def _shared(sync: FleetSync) -> Iterator[Metric]:
+        up = GaugeMetricFamily("xinf_watch_shared_state_up", "1 while the fleet's Redis (state.shared) is "
+                               "reachable; 0 while rules count this instance's lines alone.")
+        up.add_metric((), int(bool(sync.link.up)))
+        pending = GaugeMetricFamily("xinf_watch_shared_events_pending", "Own events not yet published to "
+                                    "the fleet's stream.")
+        pending.add_metric((), sync.feed.pending_events())
+        events = CounterMetricFamily("xinf_watch_shared_events", "Events published to the fleet's stream "
+                                     "(own) and fed to the rule engine (the fleet's).", labels=("direction",))
+        events.add_metric(("published",), sync.feed.published_events)
+        events.add_metric(("fed",), sync.feed.fed_events)
+        dropped = CounterMetricFamily("xinf_watch_shared_events_dropped", "Own events never published: "
+                                      "more waited than are kept while Redis was unreachable.")
+        dropped.add_metric((), sync.feed.dropped)
+        invalid = CounterMetricFamily("xinf_watch_shared_entries_invalid", "Stream entries skipped: not "
+                                      "readable as events (garbage, another version).")
+        invalid.add_metric((), sync.feed.invalid)
+        yield from (up, pending, events, dropped, invalid)
 
 
 class Daemon:
@@ -211,8 +240,11 @@ class Daemon:
         self.store = MetricsStore()
         self.store.restore(checkpoint.blobs.get("metrics", {}))
         self.stats.restore(checkpoint.blobs.get("loop", {}))
+        self.fleet = self._fleet(config, checkpoint.blobs.get("fleet"))
+        self.stats.shared = self.fleet
         self.pipeline = Pipeline.build(config, registry, self.store, rule_state=checkpoint.blobs.get("rules"),
-                                       partial_lines=checkpoint.blobs.get("partial_lines"))
+                                       partial_lines=checkpoint.blobs.get("partial_lines"),
+                                       defer_rules=self.fleet is not None)  # fmt: skip
         self.tailers = {
             s.name: self._tailer(s, checkpoint.positions.get(s.name)) for s in self.config.sources
         }
@@ -247,6 +279,14 @@ class Daemon:
         registry.register(DaemonCollector(self.lock, store_collector, self.stats))
         self.server = MetricsServer(self.config.metrics.host, self.config.metrics.port, registry)
         log.info("metrics on http://%s/metrics", self.server.address)
+
+    @staticmethod
+    def _fleet(config: Config, saved: dict[str, Any] | None) -> FleetSync | None:
+        if config.state.shared is None:
+            return None
+        feed = FleetFeed(config.state.instance or socket.gethostname())
+        feed.restore(saved)
+        return FleetSync(feed, SharedLink(config.state.shared), log)
 
     def _current_registry(self) -> KeyRegistry:
         return self.pipeline.registry
@@ -313,6 +353,7 @@ class Daemon:
                         self.notifier.status(f"{rate:,.0f} lines/s, outbox {self.store.outbox_pending}")
                         last_status, lines_at_status = now, self.stats.lines
                     backlog = any(t.pending() for t in self.tailers.values())
+                    backlog = backlog or bool(self.fleet and self.fleet.behind)  # the fleet's stream
                     backlog = backlog and not (self.stop.is_set() or self.reload_requested)
             if self.reload_requested:
                 self.reload_requested = False
@@ -363,16 +404,21 @@ class Daemon:
                     except Exception:
                         self._line_failed(name)
                 self._tailer_stats(name, tailer)
-            rule_now = self._event_clock()
-            if rule_now is not None:
-                alerts.extend(self.pipeline.advance(rule_now))
+            if self.fleet is not None:
+                alerts.extend(self.fleet.turn(self.pipeline, self._event_clock))
+                lines_or_fleet = lines + self.fleet.received
+            else:
+                lines_or_fleet = lines
+                rule_now = self._event_clock()
+                if rule_now is not None:
+                    alerts.extend(self.pipeline.advance(rule_now))
             self.stats.lines += lines
             if lines:
                 self.stats.batches += 1
                 self.stats.batch_seconds_sum += time.perf_counter() - started
             self.stats.evicted = self.engine.evicted
             self.stats.held_back = self.engine.held_back
-            self._dirty = self._dirty or lines > 0
+            self._dirty = self._dirty or lines_or_fleet > 0
             if not alerts and not (force_commit and self._dirty):
                 return False
             # Journal first: a crash before the commit re-reads the lines and makes the same
@@ -426,6 +472,8 @@ class Daemon:
         blobs: dict[str, Any] = {"metrics": self.store.snapshot(), "rules": self.engine.snapshot(),
                                  "loop": self.stats.snapshot(), "key_dates": self.disabled_since.snapshot(),
                                  "partial_lines": self.pipeline.partial_lines()}
+        if self.fleet is not None:
+            blobs["fleet"] = self.fleet.feed.snapshot()
         self.state.commit(  # to the file, or to memory when the state dir refuses writes
             {name: [position_to_json(p) for p in t.positions()] for name, t in self.tailers.items()},
             blobs,
@@ -478,7 +526,8 @@ class Daemon:
             registry = key_sources.load()
             # rule state carries over, by rule name
             pipeline = Pipeline.build(config, registry, self.store, rule_state=self.engine.snapshot(),
-                                      partial_lines=self.pipeline.partial_lines())
+                                      partial_lines=self.pipeline.partial_lines(),
+                                      defer_rules=self.fleet is not None)  # fmt: skip
             targets = self._targets(config)
         except Exception as exc:  # config, key files, targets, rule state: all refused the same way
             self._count_reload("failure")
@@ -488,8 +537,12 @@ class Daemon:
             self.notifier.ready("reload failed, running the previous config")
             return
         for what, old, new in (("metrics.listen", self.config.metrics.listen, config.metrics.listen),
-                               ("state.dir", self.config.state.dir, config.state.dir)):
+                               ("state.dir", self.config.state.dir, config.state.dir),
+                               ("state.shared", self.config.state.shared, config.state.shared),
+                               ("state.instance", self.config.state.instance, config.state.instance)):
             if old != new:
+                if what == "state.shared":  # its password stays out of the log
+                    old, new = (redacted(str(u)) if u else u for u in (old, new))
                 log.warning("reload: %s changed (%s -> %s): takes effect at the next start", what, old, new)
         with self.lock:
             self.key_sources = key_sources
@@ -557,6 +610,8 @@ class Daemon:
             tailer.close()
         self.outbox.close()
         self.state.close()
+        if self.fleet is not None:
+            self.fleet.link.close()
 
 
 def run_daemon(rules_path: Path) -> int:

@@ -12,6 +12,11 @@ A source with a `wrapper` (container logs, wrappers.py) has its lines unwrapped 
 parser: the caller names the file each line comes from (`file`), and says when a file has ended
 (`end_file`, `end_files`), since a line may be joined from parts. The parts still pending are
 state like the rules': `partial_lines()` to save, `build(partial_lines=...)` to carry on.
+
+With shared rule state (`defer_rules`, the daemon with `state.shared`: fleet.py) an event is
+counted in the metrics at once, and waits for the rules: the caller takes the events
+(`take_deferred`), and feeds the fleet's merged stream to `judge`; only the alerts this instance
+sends are counted (`count_alerts`).
 """
 
 from __future__ import annotations
@@ -67,8 +72,10 @@ class Pipeline:
     """Built by `build`: one stage per source, the metric store, and the rule engine of the config."""
 
     def __init__(self, config: Config, registry: KeyRegistry, store: MetricsStore,
-                 sources: Sequence[SourceConfig]) -> None:
+                 sources: Sequence[SourceConfig], defer_rules: bool = False) -> None:
         self.config = config
+        self.defer_rules = defer_rules
+        self.deferred: dict[str, list[Event]] = {}
         self.registry = registry
         self.store = store
         self.stages: dict[str, SourceStage] = {}
@@ -84,12 +91,13 @@ class Pipeline:
         extra_sources: Sequence[SourceConfig] = (),
         rule_state: dict[str, Any] | None = None,
         partial_lines: Mapping[str, Any] | None = None,
+        defer_rules: bool = False,
     ) -> Pipeline:
         """Every stage of `config` (plus ad-hoc sources), or `ConfigError` with all that is wrong;
         `rule_state` is a `RuleEngine.snapshot()`, `partial_lines` a `partial_lines()`, to carry on
         from (a restart, a reload)."""
         sources = (*config.sources, *extra_sources)
-        pipeline = cls(config, registry, store or MetricsStore(), sources)
+        pipeline = cls(config, registry, store or MetricsStore(), sources, defer_rules)
         errors: list[str] = []
         for index, source in enumerate(sources):
             try:
@@ -175,10 +183,10 @@ class Pipeline:
     def process(self, source: str, record: Record) -> tuple[Event, list[Alert]]:
         event = self.stages[source].attributor.attribute(record)
         self.store.observe(event)
-        alerts = self.engine.observe(event)
-        for alert in alerts:
-            self.store.record_alert(alert)
-        return event, alerts
+        if self.defer_rules:
+            self.deferred.setdefault(source, []).append(event)
+            return event, []
+        return event, self.count_alerts(self.engine.observe(event))
 
     def process_line(self, source: str, line: str, file: Hashable = None) -> list[Alert]:
         record = self.parse(source, line, file)
@@ -188,6 +196,19 @@ class Pipeline:
 
     def advance(self, now: float) -> list[Alert]:
         alerts = self.engine.advance(now)
+        return alerts if self.defer_rules else self.count_alerts(alerts)
+
+    def take_deferred(self) -> list[tuple[str, list[Event]]]:
+        """The events waiting for the rules, per source in the order they were read."""
+        deferred, self.deferred = self.deferred, {}
+        return list(deferred.items())
+
+    def judge(self, events: list[Event]) -> list[Alert]:
+        """Deferred rules: `events` (of any instance) through the rule engine; the alerts, not counted."""
+        observe = self.engine.observe
+        return [alert for event in events for alert in observe(event)]
+
+    def count_alerts(self, alerts: list[Alert]) -> list[Alert]:
         for alert in alerts:
             self.store.record_alert(alert)
         return alerts
