@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import yaml
+from tools import require_program
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
@@ -117,3 +118,17 @@ def test_generator_defaults_write_what_they_always_wrote(tmp_path: Path) -> None
     assert hashlib.sha256(keys.read_bytes()).hexdigest() == (
         "6a3807dc79391971190a0d853bd97c4a65c41111e2c42ab3d0ba95d2ed323a49"
     )
+
+
+def test_shared_state_benchmark_reports_every_row(tmp_path: Path) -> None:
+    """bench/shared.py on a tiny log, against its own redis-server: every row with lines/s above zero
+    (it also checks that every instance of its fleet was fed every line)."""
+    require_program("redis-server")
+    done = subprocess.run(
+        [sys.executable, BENCH / "shared.py", "--lines", "2000", "--batch", "100", "--dir", tmp_path / "sh"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    table = rows(done.stdout)
+    for name in ("local", "shared, one instance", "local, per instance of 3", "fleet of 3, per instance"):
+        assert number(table[name][2]) > 0 and number(table[name][5]) > 0, (name, table[name])

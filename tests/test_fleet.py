@@ -114,18 +114,25 @@ def alerts_by_rule(receiver: HTTPReceiver) -> collections.Counter[str]:
     return collections.Counter(a["rule"] for a in received_alerts(receiver) if a["status"] == "firing")
 
 
-def settle(fleet: Fleet, receiver: HTTPReceiver, *, shared: bool) -> None:
+def settle(fleet: Fleet, *, shared: bool) -> None:
     fleet.wait_parsed()
     if shared:
         fleet.wait_fed()
-    time.sleep(1.0)  # room for an alert that should not come (a duplicate, a late one)
 
 
-def play_before_outage(fleet: Fleet, receiver: HTTPReceiver, *, shared: bool) -> None:
+def expect_alerts(receiver: HTTPReceiver, want: dict[str, int]) -> None:
+    """The receiver has got `want` firing alerts per rule, and no more come within a second
+    (a duplicate, a late one)."""
+    wait_until(lambda: alerts_by_rule(receiver) == want, timeout=15, what=f"alerts {want}")
+    time.sleep(1.0)
+    assert alerts_by_rule(receiver) == want
+
+
+def play_before_outage(fleet: Fleet, *, shared: bool) -> None:
     # The client's two pods, each sticky to one gateway, form the key's baseline while it learns.
     fleet.send(key_line(POD_A), 3, to=0)
     fleet.send(key_line(POD_B), 3, to=1)
-    settle(fleet, receiver, shared=shared)
+    settle(fleet, shared=shared)
     time.sleep(3.0)  # learning is over
     # The load balancer moves the pods between gateways: the same two addresses, nothing new.
     fleet.send(key_line(POD_A), 2, to=1)
@@ -136,7 +143,7 @@ def play_before_outage(fleet: Fleet, receiver: HTTPReceiver, *, shared: bool) ->
     fleet.send(lambda seq: denied_line(seq, "198.51.100.7"), 30)
     # The admin key from outside its allow-list, once, on one gateway.
     fleet.send(lambda seq: access_line(seq, ADMIN_OK, ip="203.0.113.9"), to=2)
-    settle(fleet, receiver, shared=shared)
+    settle(fleet, shared=shared)
 
 
 def test_a_fleet_sharing_rule_state_raises_each_alert_once_through_a_redis_restart(
@@ -146,8 +153,8 @@ def test_a_fleet_sharing_rule_state_raises_each_alert_once_through_a_redis_resta
     fleet = Fleet(tmp_path, receiver, redis.url)
     try:
         fleet.start()
-        play_before_outage(fleet, receiver, shared=True)
-        assert alerts_by_rule(receiver) == {"denied-burst": 1, "outside-allowed-ips": 1}
+        play_before_outage(fleet, shared=True)
+        expect_alerts(receiver, {"denied-burst": 1, "outside-allowed-ips": 1})
 
         redis.stop()
         for d in fleet.daemons:
@@ -160,13 +167,14 @@ def test_a_fleet_sharing_rule_state_raises_each_alert_once_through_a_redis_resta
         fleet.send(key_line("10.9.0.1"), to=1)
         fleet.wait_parsed()
         outage_alerts = {"denied-burst": 1, "outside-allowed-ips": 2, "new-ip": 1}
-        wait_until(lambda: alerts_by_rule(receiver) == outage_alerts, timeout=15, what="the outage's alerts")
+        expect_alerts(receiver, outage_alerts)
 
         redis.start()  # the same port, its saved data
         for d in fleet.daemons:
             d.wait_until(lambda m: total(m, "xinf_watch_shared_state_up") == 1, timeout=20,
                          what="shared state back")  # fmt: skip
-        settle(fleet, receiver, shared=True)  # every instance has judged the others' outage lines
+        settle(fleet, shared=True)  # every instance has judged the others' outage lines
+        expect_alerts(receiver, outage_alerts)
 
         metrics = [d.metrics() for d in fleet.daemons]
         for d in fleet.daemons:
@@ -205,9 +213,9 @@ def test_without_shared_state_each_gateway_judges_its_share_alone(
     fleet = Fleet(tmp_path, receiver, None)
     try:
         fleet.start()
-        play_before_outage(fleet, receiver, shared=False)
+        play_before_outage(fleet, shared=False)
+        expect_alerts(receiver, {"new-ip": 2, "outside-allowed-ips": 1})
         for d in fleet.daemons:
             d.terminate()
     finally:
         fleet.close()
-    assert alerts_by_rule(receiver) == {"new-ip": 2, "outside-allowed-ips": 1}

@@ -26,40 +26,43 @@ positions it goes with.
 
 from __future__ import annotations
 
+import operator
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
+from xinf_watch.caches import remember
 from xinf_watch.model import Alert, CredentialKind, Event, KeyState, Outcome, ScopeDenial
 
 KEEP_EVENTS = 50_000  # own events kept for publishing while the stream is unreachable (oldest dropped)
 KEEP_UNCLAIMED = 10_000  # alert ids sent while unreachable, to claim when it is back
+KEEP_IN_FLIGHT = 1_000  # own entries published and not read back yet (more: decoded when read)
 WIRE_VERSION = 1
 
-_FIELDS = tuple(f for f in Event.__dataclass_fields__ if f != "source")
-_ENUMS = {
-    "outcome": Outcome, "credential": CredentialKind, "key_state": KeyState, "scope_denied_by": ScopeDenial,
-}  # fmt: skip
-
-
-def event_row(event: Event) -> list[Any]:
-    """The event as a JSON array in `_FIELDS` order (its source is the entry's)."""
-    return [getattr(event, name) for name in _FIELDS]
+_FIELDS = tuple(f for f in Event.__dataclass_fields__ if f != "source")  # a row's, in Event's order
+event_row: Callable[[Event], tuple[Any, ...]] = operator.attrgetter(*_FIELDS)  # (its source is the entry's)
+_ENUM_AT = tuple(
+    (_FIELDS.index(name), {member.value: member for member in enum})
+    for name, enum in (("outcome", Outcome), ("credential", CredentialKind), ("key_state", KeyState),
+                       ("scope_denied_by", ScopeDenial))
+)  # fmt: skip
 
 
 def event_from_row(source: str, row: Sequence[Any]) -> Event:
+    """The event of a row `event_row` made; ValueError when `row` is not one."""
     if len(row) != len(_FIELDS):
         raise ValueError(f"an event of {len(row)} fields, not {len(_FIELDS)}")
-    values = dict(zip(_FIELDS, row, strict=True))
-    for name, enum in _ENUMS.items():
-        if values[name] is not None:
-            values[name] = enum(values[name])
-    if not isinstance(values["ts"], int | float):
+    values = list(row)
+    for at, members in _ENUM_AT:
+        if values[at] is not None:
+            values[at] = members[values[at]]
+    if type(values[0]) not in (int, float):
         raise ValueError("an event without a numeric ts")
-    return Event(source=source, **values)
+    values.insert(1, source)
+    return Event(*values)
 
 
 @dataclass(slots=True)
@@ -72,23 +75,32 @@ class Entry:
     events: list[Event]
 
     def encode(self) -> bytes:
-        return orjson.dumps({"v": WIRE_VERSION, "instance": self.instance, "source": self.source,
-                             "first": self.first, "events": [event_row(e) for e in self.events]})  # fmt: skip
+        """A header line `[version, instance, source, first]`, then the events' rows: a reader
+        sees whose entry it is without parsing the events."""
+        header = orjson.dumps([WIRE_VERSION, self.instance, self.source, self.first])
+        return header + b"\n" + orjson.dumps([event_row(e) for e in self.events])
+
+    @staticmethod
+    def header(payload: bytes) -> tuple[str, str, int, bytes]:
+        """(instance, source, first, the events' JSON) of a payload; ValueError when it is not one
+        of ours (garbage, another version)."""
+        head, _, body = payload.partition(b"\n")
+        try:
+            version, instance, source, first = orjson.loads(head)
+        except (orjson.JSONDecodeError, TypeError, ValueError):
+            raise ValueError("not an event entry") from None
+        if version != WIRE_VERSION:
+            raise ValueError(f"wire version {version!r}")
+        if type(first) is not int or first < 0 or type(instance) is not str or type(source) is not str:
+            raise ValueError("not an event entry header")
+        return instance, source, first, body
 
     @classmethod
     def decode(cls, payload: bytes) -> Entry:
-        """The entry of a stream payload; ValueError when it is not one of ours (another version)."""
+        instance, source, first, body = cls.header(payload)
         try:
-            data = orjson.loads(payload)
-            if data.get("v") != WIRE_VERSION:
-                raise ValueError(f"wire version {data.get('v')!r}")
-            source = str(data["source"])
-            first = data["first"]
-            if not isinstance(first, int) or first < 0:
-                raise ValueError("no event index")
-            events = [event_from_row(source, row) for row in data["events"]]
-            return cls(str(data["instance"]), source, first, events)
-        except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError) as exc:
+            return cls(instance, source, first, [event_from_row(source, row) for row in orjson.loads(body)])
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
             raise ValueError(f"not an event entry ({type(exc).__name__})") from None
 
 
@@ -107,6 +119,8 @@ class FleetFeed:
     next_index: dict[str, int] = field(default_factory=dict)  # per own source: the next event's index
     fed: dict[tuple[str, str], int] = field(default_factory=dict)  # (instance, source): next index to feed
     pending: deque[Entry] = field(default_factory=deque)  # own entries not yet in the stream
+    # own entries published and not read back yet: their events need no decoding
+    in_flight: dict[tuple[str, int], list[Event]] = field(default_factory=dict)
     unclaimed: dict[str, None] = field(default_factory=dict)  # claims of alerts sent while unreachable
     published_events: int = 0  # own events in the stream
     fed_events: int = 0  # events (own and others') fed to the engine
@@ -131,13 +145,17 @@ class FleetFeed:
 
     def published(self, count: int) -> None:
         for _ in range(min(count, len(self.pending))):
-            self.published_events += len(self.pending.popleft().events)
+            entry = self.pending.popleft()
+            self.published_events += len(entry.events)
+            remember(self.in_flight, (entry.source, entry.first), entry.events, KEEP_IN_FLIGHT)
 
     def receive(self, entry_id: str, payload: bytes) -> list[Event]:
         """A stream entry, in stream order: the events of it the engine has not been fed yet."""
         self.last_id = entry_id
         try:
-            entry = Entry.decode(payload)
+            instance, source, first, _ = Entry.header(payload)
+            own = self.in_flight.pop((source, first), None) if instance == self.instance else None
+            entry = Entry(instance, source, first, own) if own is not None else Entry.decode(payload)
         except ValueError:
             self.invalid += 1
             return []

@@ -153,7 +153,12 @@ class FleetSync:
         self.behind, self.received = len(entries) >= READ_COUNT, len(entries)
         alerts = []
         for entry_id, payload in entries:
-            alerts.extend(pipeline.judge(self.feed.receive(entry_id, payload)))
+            events = self.feed.receive(entry_id, payload)
+            try:
+                alerts.extend(pipeline.judge(events))
+            except Exception:  # another instance's event this one cannot judge: it costs that entry
+                self.feed.invalid += 1
+                self.log.exception("shared state: entry %s could not be judged; it is skipped", entry_id)
         alerts.extend(self._advance(pipeline, clock))
         mine = self._claimed(alerts)
         # counted: the alerts this instance sends, and every resolution (it ends a firing this
