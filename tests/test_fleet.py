@@ -219,3 +219,59 @@ def test_without_shared_state_each_gateway_judges_its_share_alone(
             d.terminate()
     finally:
         fleet.close()
+
+
+def test_an_instance_killed_mid_run_rejoins_without_losing_or_doubling_a_line(
+    tmp_path: Path, receiver: HTTPReceiver
+) -> None:
+    """kill -9 of one instance while the fleet takes a burst: restarted, it reads its lines again
+    from its last commit and publishes them again; every instance still judges each of the fleet's
+    lines once, and the burst is one alert."""
+    redis = RedisServer(require_program("redis-server"), tmp_path).start()
+    fleet = Fleet(tmp_path, receiver, redis.url)
+    try:
+        fleet.start()
+        fleet.send(lambda seq: denied_line(seq, "198.51.100.8"), 12)  # 4 per gateway
+        fleet.daemons[1].kill()
+        fleet.send(lambda seq: denied_line(seq, "198.51.100.8"), 15)  # 27 in all, 9 on the stopped one
+        fleet.daemons[1].start()
+        settle(fleet, shared=True)
+        expect_alerts(receiver, {"denied-burst": 1})
+        metrics = [d.metrics() for d in fleet.daemons]
+        for d in fleet.daemons:
+            d.terminate()
+    finally:
+        fleet.close()
+        redis.stop()
+    for m, n in zip(metrics, fleet.written, strict=True):
+        assert total(m, "xinf_watch_lines_total", result="parsed") == n
+        assert total(m, "xinf_watch_shared_events_total", direction="fed") == sum(fleet.written)
+    burst = next(a for a in received_alerts(receiver) if a["rule"] == "denied-burst")
+    assert burst["count"] >= 20
+
+
+def test_an_instance_that_cannot_reach_redis_at_start_works_alone_until_it_can(
+    tmp_path: Path, receiver: HTTPReceiver
+) -> None:
+    redis = RedisServer(require_program("redis-server"), tmp_path)  # not started yet: the port is closed
+    fleet = Fleet(tmp_path, receiver, redis.url)
+    one = fleet.daemons[0]
+    try:
+        one.start()
+        one.wait_until(lambda m: total(m, "xinf_watch_shared_state_up") == 0, what="shared state down")
+        fleet.send(lambda seq: access_line(seq, ADMIN_OK, ip="203.0.113.11"), to=0)
+        expect_alerts(receiver, {"outside-allowed-ips": 1})  # judged alone, sent at once
+        assert total(one.metrics(), "xinf_watch_shared_events_pending") == 1
+        redis.start()
+        published = {"xinf_watch_shared_events_pending": 0, "xinf_watch_shared_state_up": 1}
+        one.wait_until(lambda m: all(total(m, k) == v for k, v in published.items()), 20, "published")
+        two = fleet.daemons[1].start()  # it reads the first one's late event: its alert is already claimed
+        two.wait_until(lambda m: total(m, "xinf_watch_shared_events_total", direction="fed") == 1, what="fed")
+        expect_alerts(receiver, {"outside-allowed-ips": 1})
+        one.terminate()
+        two.terminate()
+    finally:
+        fleet.close()
+        redis.stop()
+    stderr = one.stderr()
+    assert stderr.count("unreachable") == 1 and stderr.count("shared state: connected") == 1, stderr
