@@ -115,15 +115,15 @@ def test_bounded_map_put_replaces_moves_to_the_end_and_keeps_the_limit() -> None
     assert len(small) == 0 and small.evicted == 1
 
 
-def test_bounded_map_pop_and_items_copy() -> None:
-    m = BoundedMap[str, int](5)
+def test_bounded_map_peek_does_not_touch_and_items_copy() -> None:
+    m = BoundedMap[str, int](3)
     for i, key in enumerate("abc"):
         m.setdefault(key, lambda i=i: i)  # type: ignore[misc]
-    assert m.pop("b") == 1 and m.pop("b") is None
+    assert m.peek("a") == 0 and m.peek("x") is None
     listed = m.items()
-    m.setdefault("d", lambda: 3)  # changing the map while iterating its items is fine
-    assert list(listed) == [("a", 0), ("c", 2)]
-    assert m.evicted == 0  # popping is not forgetting
+    m.setdefault("d", lambda: 3)  # "a" was only peeked at: still the oldest, so it goes
+    assert list(listed) == [("a", 0), ("b", 1), ("c", 2)]  # a copy taken before the change
+    assert list(m.items()) == [("b", 1), ("c", 2), ("d", 3)] and m.evicted == 1
 
 
 def test_bounded_map_eviction_scans_at_most_eviction_scan_protected_entries() -> None:

@@ -15,15 +15,17 @@ The engine decides when to run them (every tick, and key expiry also at a key's 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from xinf_watch.durations import describe_duration
 from xinf_watch.episodes import fire, resolve
 from xinf_watch.filters import glob_matcher
 from xinf_watch.keys import KeyEntry, KeyRegistry
 from xinf_watch.model import Alert, KeyState, format_ts
 from xinf_watch.rulestate import CompiledRule, Group, GroupState
-from xinf_watch.summaries import describe_duration
+
+_Matcher = Callable[[str | None], bool]
 
 
 def check_absent(
@@ -60,35 +62,57 @@ def check_key_expiry(
     owner_ok = glob_matcher(cfg.when.owner) if cfg.when.owner is not None else None
     present: set[Group] = set()
     for entry in registry.entries:
-        if cfg.only_used:
-            used = last_used.get(entry.alias)
-            if used is None or (cfg.unused_after is not None and now - used > cfg.unused_after):
-                continue  # never used, or its clients moved on (to a successor key)
-        if key_ok is not None and not key_ok(entry.alias):
-            continue
-        if owner_ok is not None and not owner_ok(entry.owner):
+        if not _watched(entry, cfg, now, last_used) or not _picked(entry, key_ok, owner_ok):
             continue
         group: Group = (entry.alias,)
         present.add(group)
-        problem = _key_problem(entry, cfg, registry, now)
-        state = rule.groups.get(group) if problem is None else rule.groups.setdefault(group, GroupState)
-        if state is None:
-            continue
-        ep = state.episode
-        if problem and not ep.firing:
-            ep.first_ts = ep.last_ts = now
-            ep.count, ep.key, ep.source = 1, entry.alias, None
-            ep.extra = {"expires_at": format_ts(entry.expires_at)} if entry.expires_at is not None else None
-            alert = fire(rule, group, state, now, problem)
-        elif problem is None and ep.firing:
-            ep.last_ts = now
-            alert = resolve(rule, group, state, f"resolved: key {entry.alias}")
-        else:
-            alert = None
+        alert = _judge_key(rule, group, entry, _key_problem(entry, cfg, registry, now), now)
         if alert is not None:
             out.append(alert)
-    for group in [g for g in rule.firing if g not in present]:  # left the registry or the filter
-        gone = rule.groups.data.get(group)
+    out += _resolve_unwatched(rule, present, now)
+    return out
+
+
+def _watched(entry: KeyEntry, cfg: Any, now: float, last_used: Mapping[str, float]) -> bool:
+    """With `only_used`: whether the key is in use (and, with `unused_after`, recently)."""
+    if cfg.only_used:
+        used = last_used.get(entry.alias)
+        if used is None or (cfg.unused_after is not None and now - used > cfg.unused_after):
+            return False  # never used, or its clients moved on (to a successor key)
+    return True
+
+
+def _picked(entry: KeyEntry, key_ok: _Matcher | None, owner_ok: _Matcher | None) -> bool:
+    """Whether the rule's `when` (`key`, `owner`) picks the key."""
+    if key_ok is not None and not key_ok(entry.alias):
+        return False
+    return owner_ok is None or owner_ok(entry.owner)
+
+
+def _judge_key(
+    rule: CompiledRule, group: Group, entry: KeyEntry, problem: str | None, now: float
+) -> Alert | None:
+    """Fire for a key with a problem, resolve a firing one without; None: nothing to send."""
+    state = rule.groups.get(group) if problem is None else rule.groups.setdefault(group, GroupState)
+    if state is None:
+        return None
+    ep = state.episode
+    if problem and not ep.firing:
+        ep.first_ts = ep.last_ts = now
+        ep.count, ep.key, ep.source = 1, entry.alias, None
+        ep.extra = {"expires_at": format_ts(entry.expires_at)} if entry.expires_at is not None else None
+        return fire(rule, group, state, now, problem)
+    if problem is None and ep.firing:
+        ep.last_ts = now
+        return resolve(rule, group, state, f"resolved: key {entry.alias}")
+    return None
+
+
+def _resolve_unwatched(rule: CompiledRule, present: set[Group], now: float) -> list[Alert]:
+    """Resolve the firing keys that left the registry or the filter."""
+    out: list[Alert] = []
+    for group in [g for g in rule.firing if g not in present]:
+        gone = rule.groups.peek(group)
         if gone is None:
             del rule.firing[group]
             continue

@@ -81,7 +81,7 @@ def notify_held_back(rule: CompiledRule, now: float, describe_now: Describe) -> 
     says how things stand now (`describe_now`), not what they were when the episode began."""
     out: list[Alert] = []
     for group in rule.firing:
-        state = rule.groups.data.get(group)
+        state = rule.groups.peek(group)
         if state is None or state.episode.notified or now - state.last_notified < rule.cooldown:
             continue
         ep = state.episode

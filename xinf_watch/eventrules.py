@@ -56,7 +56,7 @@ def flush_held(rule: CompiledRule, now: float) -> list[Alert]:
     are told while they are news (not days later with the next hit)."""
     out: list[Alert] = []
     for group in list(rule.held):
-        state = rule.groups.data.get(group)
+        state = rule.groups.peek(group)
         if state is None or state.episode.count == 0:
             del rule.held[group]  # evicted by the memory bound
             continue
@@ -200,7 +200,7 @@ def settle(rule: CompiledRule, now: float) -> list[Alert]:
     out = []
     cfg = rule.config
     for group in list(rule.firing):
-        state = rule.groups.data.get(group)
+        state = rule.groups.peek(group)
         if state is None or not state.episode.firing:
             del rule.firing[group]  # evicted (the memory bound won): nothing left to resolve
             continue

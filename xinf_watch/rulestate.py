@@ -157,16 +157,25 @@ def group_from_json(data: Any, windows: tuple[float | None, float | None]) -> Gr
         state.day_peaks = dict(_int_pairs(daily["day_peaks"]))
         state.open_slots = [list(pair) for pair in _int_pairs(daily["open_slots"])]
     if (ep := data.get("episode")) is not None:
-        if not isinstance(ep, dict) or not isinstance(ep.get("extra", {}), dict):
-            raise ValueError("episode is not a mapping")
-        source = ep.get("source")
-        state.episode = Episode(
-            first_ts=_num(ep["first_ts"]), last_ts=_num(ep["last_ts"]), count=_int(ep["count"]),
-            key=_str(ep["key"]), source=None if source is None else _str(source),
-            firing=_bool(ep["firing"]), notified=_bool(ep["notified"]), started=_num(ep["started"]),
-            summary=_str(ep.get("summary", "")), extra=dict(ep.get("extra", {})) or None,
-        )  # fmt: skip
+        state.episode = _episode_from_json(ep)
     return state
+
+
+def _episode_from_json(ep: Any) -> Episode:
+    if not isinstance(ep, dict) or not isinstance(ep.get("extra", {}), dict):
+        raise ValueError("episode is not a mapping")
+    source = ep.get("source")
+    return Episode(
+        first_ts=_num(ep["first_ts"]), last_ts=_num(ep["last_ts"]), count=_int(ep["count"]),
+        key=_str(ep["key"]), source=None if source is None else _str(source),
+        firing=_bool(ep["firing"]), notified=_bool(ep["notified"]), started=_num(ep["started"]),
+        summary=_str(ep.get("summary", "")), extra=dict(ep.get("extra", {})) or None,
+    )  # fmt: skip
+
+
+def _count_or(saved: Any, default: int) -> int:
+    """`saved` if it is a count (an int >= 0, not a bool), else `default`."""
+    return saved if isinstance(saved, int) and not isinstance(saved, bool) and saved >= 0 else default
 
 
 def _int_pairs(data: Any) -> list[tuple[int, int]]:
@@ -319,7 +328,7 @@ class CompiledRule:
             "fields": list(self.group_fields),
             "evicted": self.groups.evicted,
             "evicted_values": self.evicted_values,
-            "groups": [[list(group), group_to_json(state)] for group, state in self.groups.data.items()],
+            "groups": [[list(group), group_to_json(state)] for group, state in self.groups.items()],
             "firing": [list(group) for group in self.firing],
             "held": [list(group) for group in self.held],
         }
@@ -332,35 +341,37 @@ class CompiledRule:
             return
         groups = data.get("groups")
         for item in groups if isinstance(groups, list) else ():
-            try:
-                saved_group, saved_state = item
-                group = tuple(saved_group)
-                if len(group) != len(self.group_fields) or not all(isinstance(g, str) for g in group):
-                    continue
-                state = group_from_json(saved_state, self.windows)
-            except (TypeError, ValueError, KeyError):
-                continue  # one malformed group: drop it, keep the others
-            if self.kind in ("threshold", "spike") and state.counter is None:
-                fresh = self.new_state()
-                state.counter, state.long_counter = fresh.counter, fresh.long_counter  # window changed
-            if self.daily and state.hours is None:
-                state.hours, state.day_peaks, state.open_slots = {}, {}, []  # was not daily before
-            self.groups.put(group, state)
-        firing = data.get("firing")
-        saved_order = [tuple(g) for g in firing if isinstance(g, list)] if isinstance(firing, list) else []
-        in_episode = {g for g, s in self.groups.data.items() if s.episode.firing}
-        self.firing = dict.fromkeys([g for g in saved_order if g in in_episode])
-        self.firing.update(dict.fromkeys(g for g in self.groups.data if g in in_episode))
-        if self.kind == "match":  # groups with held-back hits, in the order they were held
-            with_hits = {g for g, s in self.groups.data.items() if s.episode.count}
-            held = data.get("held")
-            saved_held = [tuple(g) for g in held if isinstance(g, list)] if isinstance(held, list) else []
-            self.held = dict.fromkeys(g for g in saved_held if g in with_hits)
-            self.held.update(dict.fromkeys(g for g in self.groups.data if g in with_hits))
-        for name in ("evicted", "evicted_values"):
-            saved = data.get(name)
-            if isinstance(saved, int) and not isinstance(saved, bool) and saved >= 0:
-                if name == "evicted":
-                    self.groups.evicted = saved
-                else:
-                    self.evicted_values = saved
+            restored = self._restore_group(item)
+            if restored is not None:
+                self.groups.put(*restored)
+        # the firing groups (and a match rule's held-back hits) in the order they fired (were held)
+        self.firing = self._in_saved_order(data.get("firing"), lambda s: s.episode.firing)
+        if self.kind == "match":
+            self.held = self._in_saved_order(data.get("held"), lambda s: s.episode.count > 0)
+        self.groups.evicted = _count_or(data.get("evicted"), self.groups.evicted)
+        self.evicted_values = _count_or(data.get("evicted_values"), self.evicted_values)
+
+    def _restore_group(self, item: Any) -> tuple[Group, GroupState] | None:
+        """One saved group, fitted to the rule as it is now; None when malformed (dropped alone)."""
+        try:
+            saved_group, saved_state = item
+            group = tuple(saved_group)
+            if len(group) != len(self.group_fields) or not all(isinstance(g, str) for g in group):
+                return None
+            state = group_from_json(saved_state, self.windows)
+        except (TypeError, ValueError, KeyError):
+            return None
+        if self.kind in ("threshold", "spike") and state.counter is None:
+            fresh = self.new_state()
+            state.counter, state.long_counter = fresh.counter, fresh.long_counter  # window changed
+        if self.daily and state.hours is None:
+            state.hours, state.day_peaks, state.open_slots = {}, {}, []  # was not daily before
+        return group, state
+
+    def _in_saved_order(self, saved: Any, holds: Callable[[GroupState], bool]) -> dict[Group, None]:
+        """The groups for which `holds`: in the saved order, then any the saved list lacks."""
+        wanted = {g for g, state in self.groups.items() if holds(state)}
+        order = [tuple(g) for g in saved if isinstance(g, list)] if isinstance(saved, list) else []
+        out = dict.fromkeys(g for g in order if g in wanted)
+        out.update(dict.fromkeys(g for g, _ in self.groups.items() if g in wanted))
+        return out

@@ -151,8 +151,9 @@ class BoundedMap(Generic[K, V]):
             data.move_to_end(key, last=False)
         self.evicted += 1
 
-    def pop(self, key: K) -> V | None:
-        return self.data.pop(key, None)
+    def peek(self, key: K) -> V | None:
+        """The value, without touching it (looking is not using: it keeps its place)."""
+        return self.data.get(key)
 
     def items(self) -> Iterator[tuple[K, V]]:
         """Oldest first (a copy: the map may change while the caller iterates)."""
