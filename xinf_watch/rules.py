@@ -88,42 +88,22 @@ class RuleEngine:
         those the clock owes now."""
         out: list[Alert] = []
         ts = event.ts
-        if self.started is None:
-            self.started = ts
-        now = before = self.now
-        if ts > now:
-            if ts - now <= MAX_CLOCK_LEAD or self.leap_pending or now == NEVER:
-                self.now = now = ts
-                self.leap_pending = False
-            else:
-                self.leap_pending = True  # a lone line far ahead: the clock waits for the next one
-        elif self.leap_pending:
-            self.leap_pending = False
+        before = self.now
+        now = self._move_clock(ts)
         gap = now >= self.next_tick and now - before > TICK
         if gap:
             # A gap in the log is silence the clock-driven rules must see before the line that
             # ends it is counted (`absent`), as the live daemon's timer sees it while no line comes.
             out.extend(self._advance(now))
         at = now if ts <= now else ts  # the time its rules see: its own, unless it is late
-        written = ts if ts <= now else now  # when its source wrote, as far as the clock can tell
-        last = self.source_last_seen.get(event.source)
-        if last is None or written > last:
-            self.source_last_seen[event.source] = written
-        new_key = False
-        if event.key_state in _KEYED_STATES:
-            last_used = self.keys_last_used.get(event.key)
-            new_key = last_used is None
-            if last_used is None or ts > last_used:
-                self.keys_last_used[event.key] = ts
+        new_key = self._note_use(event, now)
         index = (
             event.credential, event.key_state, event.outcome,
             event.scope_allowed, event.ip_allowed, event.ip_forwarded,
         )  # fmt: skip
         plan = self._plans.get(index)
-        if plan is None:
-            plan = self._plans[index] = tuple(
-                (rule, handler) for rule, handler in self._event_rules if admits(rule.config.when, index)
-            )
+        if plan is None:  # (an empty plan is a plan: no rule for this index)
+            plan = self._plan(index)
         for rule, handler in plan:
             if rule.residual(event):
                 alert = handler(rule, event, at)
@@ -134,6 +114,42 @@ class RuleEngine:
         if gap or now >= self.next_tick:
             out.extend(self._advance(now))
         return self._gated(out) if out and self._gates else out
+
+    def _plan(self, index: tuple[Any, ...]) -> tuple[tuple[CompiledRule, Handler], ...]:
+        """The rules an event of this index can match (made once per index)."""
+        plan = self._plans[index] = tuple(
+            (rule, handler) for rule, handler in self._event_rules if admits(rule.config.when, index)
+        )
+        return plan
+
+    def _move_clock(self, ts: float) -> float:
+        """The clock after an event at `ts` (see the module docstring on lines far ahead)."""
+        if self.started is None:
+            self.started = ts
+        now = self.now
+        if ts > now:
+            if ts - now <= MAX_CLOCK_LEAD or self.leap_pending or now == NEVER:
+                self.now = now = ts
+                self.leap_pending = False
+            else:
+                self.leap_pending = True  # a lone line far ahead: the clock waits for the next one
+        elif self.leap_pending:
+            self.leap_pending = False
+        return now
+
+    def _note_use(self, event: Event, now: float) -> bool:
+        """Record when the event's source wrote and its key was used; True for a key's first use."""
+        ts = event.ts
+        written = ts if ts <= now else now  # when its source wrote, as far as the clock can tell
+        last = self.source_last_seen.get(event.source)
+        if last is None or written > last:
+            self.source_last_seen[event.source] = written
+        if event.key_state not in _KEYED_STATES:
+            return False
+        last_used = self.keys_last_used.get(event.key)
+        if last_used is None or ts > last_used:
+            self.keys_last_used[event.key] = ts
+        return last_used is None
 
     @property
     def last_write(self) -> float | None:
@@ -226,16 +242,10 @@ class RuleEngine:
             setattr(self, name, NEVER if value is None else value)
         self.started = _number(data.get("started"))
         self.leap_pending = data.get("leap_pending") is True  # absent from older snapshots
-        seen = data.get("source_last_seen")
-        if isinstance(seen, dict):
-            self.source_last_seen = {
-                k: v for k, v in seen.items() if isinstance(k, str) and _number(v) is not None
-            }
-        used = data.get("keys_last_used")
-        if isinstance(used, dict):
-            self.keys_last_used = {
-                k: v for k, v in used.items() if isinstance(k, str) and _number(v) is not None
-            }
+        if (seen := _times(data.get("source_last_seen"))) is not None:
+            self.source_last_seen = seen
+        if (used := _times(data.get("keys_last_used"))) is not None:
+            self.keys_last_used = used
         elif isinstance(keys := data.get("keys_seen"), list):  # saved before last use was kept
             self.keys_last_used = {k: self.now for k in keys if isinstance(k, str)}
         rules = data.get("rules")
@@ -247,6 +257,13 @@ class RuleEngine:
         if isinstance(floods, dict):
             for name, gate in self._gates.items():
                 gate.restore(floods.get(name))
+
+
+def _times(saved: Any) -> dict[str, float] | None:
+    """A saved {name: time} mapping without the entries that are not one; None if not a mapping."""
+    if not isinstance(saved, dict):
+        return None
+    return {k: v for k, v in saved.items() if isinstance(k, str) and _number(v) is not None}
 
 
 def _number(value: Any) -> float | None:
