@@ -102,15 +102,19 @@ def go_duration(text: str) -> float | None:
 
 def unescape_nginx(text: str) -> str:
     """Undo nginx's default log escaping (`"` -> `\\x22`, bytes >= 0x7f -> `\\xHH`)."""
-    if "\\x" not in text:
-        return text
-    raw = _NGINX_ESCAPE.sub(lambda m: bytes((int(m.group(1), 16),)), text.encode("utf-8", "surrogatepass"))
-    return raw.decode("utf-8", "replace")
+    return _unescape(text, _NGINX_ESCAPE) if "\\x" in text else text
 
 
 def unescape_haproxy(text: str) -> str:
     """Undo HAProxy's log escaping of captures and the request (`"`, `#`, `{|}`, controls -> `#HH`)."""
-    if "#" not in text:
-        return text
-    raw = _HAPROXY_ESCAPE.sub(lambda m: bytes((int(m.group(1), 16),)), text.encode("utf-8", "surrogatepass"))
+    return _unescape(text, _HAPROXY_ESCAPE) if "#" in text else text
+
+
+def _unescape(text: str, escape: re.Pattern[bytes]) -> str:
+    """`text` with each match of `escape` (its group 1: two hex digits) replaced by that byte.
+
+    The callers test for their escape marker first: most values have none, and they run for
+    several fields of every line.
+    """
+    raw = escape.sub(lambda m: bytes((int(m.group(1), 16),)), text.encode("utf-8", "surrogatepass"))
     return raw.decode("utf-8", "replace")
