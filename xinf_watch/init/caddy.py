@@ -70,28 +70,36 @@ def _tokens(text: str, file: str) -> list[_Token]:
             end = text.find("\n", i)
             i = n if end < 0 else end
         elif c in '"`':
-            start, chars = line, []
-            i += 1
-            while True:
-                if i >= n:
-                    raise InitError(f"{file}:{start}: unterminated quoted string")
-                ch = text[i]
-                if c == '"' and ch == "\\" and text.startswith('"', i + 1):
-                    chars.append('"')
-                    i += 2
-                    continue
-                i += 1
-                if ch == c:
-                    break
-                line += ch == "\n"
-                chars.append(ch)
-            out.append(_Token("".join(chars), start, group, True))
+            start = line
+            token, i, line = _quoted(text, i, line, file)
+            out.append(_Token(token, start, group, True))
         else:
             start_i = i
             while i < n and not text[i].isspace():
                 i += 1
             out.append(_Token(text[start_i:i], line, group, False))
     return out
+
+
+def _quoted(text: str, i: int, line: int, file: str) -> tuple[str, int, int]:
+    """The string quoted at text[i] (`\\"` inside `"..."` is a quote): (it, index and line after it)."""
+    c, n = text[i], len(text)
+    start, chars = line, []
+    i += 1
+    while True:
+        if i >= n:
+            raise InitError(f"{file}:{start}: unterminated quoted string")
+        ch = text[i]
+        if c == '"' and ch == "\\" and text.startswith('"', i + 1):
+            chars.append('"')
+            i += 2
+            continue
+        i += 1
+        if ch == c:
+            break
+        line += ch == "\n"
+        chars.append(ch)
+    return "".join(chars), i, line
 
 
 def parse(text: str, file: str) -> list[Node]:
@@ -239,18 +247,8 @@ def _site_log(site: _Site, options: Node | None, file: str) -> GatewayLog:
             )
         )
     else:
-        output = next((n for n in log.children("output")), None)
-        if output is not None and output.args[:1] == ["file"] and len(output.args) > 1:
-            path = os.path.join(os.path.dirname(file), output.args[1])
-        else:
-            fixes.append(Fix(f"the log block ({log.where})", f"output file {DEFAULT_LOG}"))
-        fmt = next((n for n in log.children("format")), None)
-        if fmt is not None and fmt.args[:1] not in (["json"], ["filter"]):
-            fixes.append(Fix(f"the log block ({log.where}), instead of {fmt.where}", "format json"))
-        if fmt is not None and any(
-            "request>headers>authorization" in a.lower() for n in _walk(fmt.block or []) for a in n.words
-        ):
-            notes.append(f"{fmt.where}: the log filter removes request>headers>Authorization: drop that line")
+        path = _log_output(log, file, fixes)
+        notes += _log_format(log, fixes)
     fixes += _credentials_fix(site, options, file)
     return GatewayLog(
         "caddy",
@@ -262,6 +260,27 @@ def _site_log(site: _Site, options: Node | None, file: str) -> GatewayLog:
         reload=f"caddy validate --config {file} && systemctl reload caddy" if fixes else "",
         notes=tuple(notes),
     )
+
+
+def _log_output(log: Node, file: str, fixes: list[Fix]) -> str:
+    """The file a `log` block writes; DEFAULT_LOG, with a fix appended, when it writes no file."""
+    output = next((n for n in log.children("output")), None)
+    if output is not None and output.args[:1] == ["file"] and len(output.args) > 1:
+        return os.path.join(os.path.dirname(file), output.args[1])
+    fixes.append(Fix(f"the log block ({log.where})", f"output file {DEFAULT_LOG}"))
+    return DEFAULT_LOG
+
+
+def _log_format(log: Node, fixes: list[Fix]) -> list[str]:
+    """Appends a fix when a `log` block's format is not json; notes on a filter that drops the key."""
+    fmt = next((n for n in log.children("format")), None)
+    if fmt is None:
+        return []
+    if fmt.args[:1] not in (["json"], ["filter"]):
+        fixes.append(Fix(f"the log block ({log.where}), instead of {fmt.where}", "format json"))
+    if any("request>headers>authorization" in a.lower() for n in _walk(fmt.block or []) for a in n.words):
+        return [f"{fmt.where}: the log filter removes request>headers>Authorization: drop that line"]
+    return []
 
 
 def _credentials_fix(site: _Site, options: Node | None, file: str) -> list[Fix]:

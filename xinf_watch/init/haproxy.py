@@ -101,18 +101,25 @@ def find_logs(
     for s in sections:
         if s.kind == "defaults":
             defaults = s
-        if s.kind not in ("frontend", "listen"):
-            continue
-        names = [w[1] for w, _ in s.get("default_backend") + s.get("use_backend") if len(w) > 1]
-        names += [w[1] for w, _ in (defaults.get("default_backend") if defaults else []) if len(w) > 1]
-        if (s.kind == "listen" and s.name in backends) or backends & set(names):
+        if s.kind in ("frontend", "listen") and _reaches(s, defaults, backends):
             found.append(_frontend_log(s, defaults, sections, syslog))
     if not found:
-        servers = [f"{w[2]} at {s.file}:{n}" for s in sections for w, n in s.get("server") if len(w) > 2]
-        what = "; servers seen: " + ", ".join(servers[:5]) if servers else ": no server line at all"
-        origin = sections[0].file if sections else "haproxy.cfg"
-        raise InitError(f"{origin}: no frontend reaches a server of Xinference ({upstream}){what}")
+        raise _nothing_reaches(sections, upstream)
     return found
+
+
+def _reaches(front: Section, defaults: Section | None, backends: set[str]) -> bool:
+    """Whether a frontend or listen section sends to one of `backends` (or is one of them)."""
+    names = [w[1] for w, _ in front.get("default_backend") + front.get("use_backend") if len(w) > 1]
+    names += [w[1] for w, _ in (defaults.get("default_backend") if defaults else []) if len(w) > 1]
+    return (front.kind == "listen" and front.name in backends) or bool(backends & set(names))
+
+
+def _nothing_reaches(sections: list[Section], upstream: Upstream) -> InitError:
+    servers = [f"{w[2]} at {s.file}:{n}" for s in sections for w, n in s.get("server") if len(w) > 2]
+    what = "; servers seen: " + ", ".join(servers[:5]) if servers else ": no server line at all"
+    origin = sections[0].file if sections else "haproxy.cfg"
+    return InitError(f"{origin}: no frontend reaches a server of Xinference ({upstream}){what}")
 
 
 def _has_server(section: Section, upstream: Upstream) -> bool:

@@ -63,32 +63,45 @@ def _tokens(text: str, file: str) -> Iterator[tuple[str, int, bool]]:
             yield c, line, False
             i += 1
         elif c in "\"'":
-            start, chars = line, []
-            i += 1
-            while True:
-                if i >= n:
-                    raise InitError(f"{file}:{start}: unterminated {c}-quoted string")
-                ch = text[i]
-                if ch == "\\" and i + 1 < n:
-                    chars.append(_ESCAPES.get(text[i + 1], ch + text[i + 1]))
-                    line += text[i + 1] == "\n"
-                    i += 2
-                    continue
-                i += 1
-                if ch == c:
-                    break
-                line += ch == "\n"
-                chars.append(ch)
-            yield "".join(chars), start, True
+            token, start, i, line = _quoted(text, i, line, file)
+            yield token, start, True
         else:
-            start_i = i
-            while i < n and not text[i].isspace() and text[i] not in ";{}\"'":
-                if text.startswith("${", i):  # ${var}: its braces are not a block
-                    end = text.find("}", i)
-                    i = n if end < 0 else end + 1
-                else:
-                    i += 1
+            start_i, i = i, _word_end(text, i)
             yield text[start_i:i], line, False
+
+
+def _quoted(text: str, i: int, line: int, file: str) -> tuple[str, int, int, int]:
+    """The string quoted at text[i] with its escapes undone: (it, its line, index and line after it)."""
+    c, n = text[i], len(text)
+    start, chars = line, []
+    i += 1
+    while True:
+        if i >= n:
+            raise InitError(f"{file}:{start}: unterminated {c}-quoted string")
+        ch = text[i]
+        if ch == "\\" and i + 1 < n:
+            chars.append(_ESCAPES.get(text[i + 1], ch + text[i + 1]))
+            line += text[i + 1] == "\n"
+            i += 2
+            continue
+        i += 1
+        if ch == c:
+            break
+        line += ch == "\n"
+        chars.append(ch)
+    return "".join(chars), start, i, line
+
+
+def _word_end(text: str, i: int) -> int:
+    """Where the unquoted word at text[i] ends."""
+    n = len(text)
+    while i < n and not text[i].isspace() and text[i] not in ";{}\"'":
+        if text.startswith("${", i):  # ${var}: its braces are not a block
+            end = text.find("}", i)
+            i = n if end < 0 else end + 1
+        else:
+            i += 1
+    return i
 
 
 def parse(text: str, file: str) -> list[Directive]:
@@ -221,24 +234,38 @@ def find_logs(
     found: list[GatewayLog] = []
     seen_passes: list[str] = []
     for http in https:
-        formats = {d.args[0]: d for d in http.children("log_format") if d.args}
-        upstreams = {
-            d.args[0]: [hp for s in d.children("server") if s.args and (hp := split_host_port(s.args[0], 80))]
-            for d in http.children("upstream")
-            if d.args
-        }
-        http_level = _level("http", http, _Level("none", None, ()))
-        for server in http.children("server"):
-            server_level = _level("server", server, http_level)
-            for level, proxy in _proxies(server, server_level):
-                seen_passes.append(f"{proxy.args[0] if proxy.args else ''} at {proxy.where}")
-                targets = _targets(proxy.args[0] if proxy.args else "", upstreams)
-                if any(upstream.matches(host, port) for host, port in targets):
-                    found.append(_gateway_log(http, server, level, formats, conf_dir))
+        found += _http_logs(http, upstream, conf_dir, seen_passes)
     if not found:
         what = "; proxy_pass seen: " + ", ".join(seen_passes[:5]) if seen_passes else ": no proxy_pass at all"
         raise InitError(f"{origin}: no server block proxies to Xinference ({upstream}){what}")
     return found
+
+
+def _http_logs(
+    http: Directive, upstream: Upstream, conf_dir: str, seen_passes: list[str]
+) -> list[GatewayLog]:
+    """find_logs for one http block; appends each proxy_pass met to `seen_passes`."""
+    formats = {d.args[0]: d for d in http.children("log_format") if d.args}
+    upstreams = _upstream_blocks(http)
+    found: list[GatewayLog] = []
+    http_level = _level("http", http, _Level("none", None, ()))
+    for server in http.children("server"):
+        server_level = _level("server", server, http_level)
+        for level, proxy in _proxies(server, server_level):
+            seen_passes.append(f"{proxy.args[0] if proxy.args else ''} at {proxy.where}")
+            targets = _targets(proxy.args[0] if proxy.args else "", upstreams)
+            if any(upstream.matches(host, port) for host, port in targets):
+                found.append(_gateway_log(http, server, level, formats, conf_dir))
+    return found
+
+
+def _upstream_blocks(http: Directive) -> dict[str, list[tuple[str, int]]]:
+    """The http block's `upstream` blocks: name -> their servers' (host, port)."""
+    return {
+        d.args[0]: [hp for s in d.children("server") if s.args and (hp := split_host_port(s.args[0], 80))]
+        for d in http.children("upstream")
+        if d.args
+    }
 
 
 def _level(kind: str, block: Directive, parent: _Level) -> _Level:
@@ -314,17 +341,10 @@ def _gateway_log(
         path, note = _file_path(log, conf_dir)
         notes += [note] if note else []
         fmt = _format_of(log, formats)
-        if path is None:
-            what = "turns logging off here: remove it" if log.args[:1] == ["off"] else "is not a file"
-            notes.append(f"{log.where}: access_log {log.args[0] if log.args else ''} {what}")
-            continue
-        if fmt is None:
-            notes.append(f"{log.where}: log_format {log.args[1]!r} is not defined in the files read")
-        elif not _CREDENTIAL.search(fmt):
-            notes.append(f"{log.where}: {path} does not log the Authorization header")
-        elif not _readable(fmt):
-            notes.append(f"{log.where}: xinf-watch cannot read the log_format of {path}")
-        else:
+        problem = _unusable(log, path, fmt)
+        if problem is not None:
+            notes.append(problem)
+        elif path is not None and fmt is not None:
             usable.append((path, fmt))
     if usable:
         path, fmt = usable[0]
@@ -334,6 +354,20 @@ def _gateway_log(
             "nginx", server.where, label, path, {"format": "nginx", "log_format": preset}, notes=tuple(notes)
         )
     return _with_fix(http, server, level, formats, label, notes, conf_dir)
+
+
+def _unusable(log: Directive, path: str | None, fmt: str | None) -> str | None:
+    """Why xinf-watch cannot read the keys from this access_log (a note), or None if it can."""
+    if path is None:
+        what = "turns logging off here: remove it" if log.args[:1] == ["off"] else "is not a file"
+        return f"{log.where}: access_log {log.args[0] if log.args else ''} {what}"
+    if fmt is None:
+        return f"{log.where}: log_format {log.args[1]!r} is not defined in the files read"
+    if not _CREDENTIAL.search(fmt):
+        return f"{log.where}: {path} does not log the Authorization header"
+    if not _readable(fmt):
+        return f"{log.where}: xinf-watch cannot read the log_format of {path}"
+    return None
 
 
 def _with_fix(
