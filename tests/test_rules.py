@@ -15,10 +15,10 @@ import pytest
 from ruletools import T0, engine, event, feed, firing, key_entry
 
 from xinf_watch import eventrules
+from xinf_watch.durations import describe_duration
 from xinf_watch.keys import KeyRegistry
 from xinf_watch.model import Alert, AlertStatus, CredentialKind, Event, KeyState, Outcome
 from xinf_watch.rules import RuleEngine
-from xinf_watch.summaries import describe_duration
 from xinf_watch.windows import BoundedMap, WindowCounter
 
 DAY = 86400.0

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,10 +39,10 @@ from typing import TextIO
 import orjson
 
 from xinf_watch.config import load_config, parse_duration
+from xinf_watch.durations import describe_duration as span  # as the key_expiry alerts say it
 from xinf_watch.keyfiles import load_registry
 from xinf_watch.keys import KeyEntry, KeyRegistry, UserEntry
 from xinf_watch.model import KeyState, Severity, format_ts
-from xinf_watch.summaries import describe_duration as span  # as the key_expiry alerts say it
 
 DEFAULT_WITHIN = 7 * 86400.0
 DEFAULT_MAX_AGE = 90 * 86400.0
@@ -61,6 +61,7 @@ SEVERITY: dict[str, Severity] = {
 KINDS = tuple(SEVERITY)
 _LEGACY = "a legacy sk- key (--auth-config keys never expire; migrated ones get no expiry)"
 _RANK = {Severity.INFO: 0, Severity.WARNING: 1, Severity.CRITICAL: 2}
+_Said = tuple[str, str]  # a finding's kind and detail, before it is tied to its key
 
 # Every permission name Xinference has used (docs/xinference/FACTS.md 1.1 and 1.2): era A's names, the
 # current ones, and the legacy aliases still expanded.
@@ -108,54 +109,34 @@ def audit_keys(
 def _audit_entry(
     entry: KeyEntry, state: KeyState, owner: UserEntry | None, now: float, within: float, max_age: float
 ) -> Iterator[Finding]:
-    def finding(kind: str, detail: str) -> Finding:
-        return Finding(SEVERITY[kind], kind, entry.alias, entry.owner, detail)
-
-    legacy = (entry.prefix or "").startswith("sk-")
     if state is KeyState.REVOKED:
-        own = entry.revoked_from is not None and entry.revoked_from <= now
-        since = entry.revoked_at if own else owner.disabled_at if owner else None
-        why = "revoked" if own else f"its owner {entry.owner} is disabled"
-        if since is None:
-            yield finding("revoked", f"{why}; still listed, so its uses show as key_state revoked")
-        else:
-            yield finding(
-                "revoked",
-                f"{why} since {format_ts(since)} ({span(now - since)} ago); still listed, so its uses"
-                " from then on show as key_state revoked",
-            )
-        return
-    if state is KeyState.EXPIRED and entry.expires_at is not None:
-        yield finding(
-            "expired",
-            f"expired {format_ts(entry.expires_at)} ({span(now - entry.expires_at)} ago) but not revoked:"
-            " delete or disable it in Xinference (or its auth config), then set revoked_at in keys.yaml",
-        )
-    elif entry.expires_at is not None and entry.expires_at <= now + within:
-        yield finding(
-            "expiring",
-            f"expires {format_ts(entry.expires_at)} (in {span(entry.expires_at - now)}): create its"
-            " successor, move the clients, then disable it (Xinference has no rotate endpoint)",
-        )
-    if legacy and entry.expires_at is None:
-        yield finding(
-            "no_expiry",
-            f"cannot expire: {_LEGACY}, no expires_at: rotate it by hand and"
-            " give it an expires_at in keys.yaml",
-        )
-    elif legacy and entry.expires_at is not None:
-        yield finding(
-            "no_expiry",
-            f"cannot expire in Xinference: {_LEGACY}; expires_at"
-            f" {format_ts(entry.expires_at)} binds only xinf-watch unless set in auth.db",
-        )
-    elif entry.expires_at is None:
-        yield finding(
-            "no_expiry",
-            "never expires: no expires_at; set one in Xinference (PUT /v1/admin/keys/{id}) and in keys.yaml",
-        )
+        found: Iterable[_Said] = [("revoked", _revoked_detail(entry, owner, now))]
+    else:
+        found = _live_findings(entry, state, owner, now, within, max_age)
+    for kind, detail in found:
+        yield Finding(SEVERITY[kind], kind, entry.alias, entry.owner, detail)
+
+
+def _revoked_detail(entry: KeyEntry, owner: UserEntry | None, now: float) -> str:
+    own = entry.revoked_from is not None and entry.revoked_from <= now
+    since = entry.revoked_at if own else owner.disabled_at if owner else None
+    why = "revoked" if own else f"its owner {entry.owner} is disabled"
+    if since is None:
+        return f"{why}; still listed, so its uses show as key_state revoked"
+    return (
+        f"{why} since {format_ts(since)} ({span(now - since)} ago); still listed, so its uses"
+        " from then on show as key_state revoked"
+    )
+
+
+def _live_findings(
+    entry: KeyEntry, state: KeyState, owner: UserEntry | None, now: float, within: float, max_age: float
+) -> Iterator[_Said]:
+    """Every rule but `revoked`, for a key that is not revoked (yet)."""
+    yield from _expiry_findings(entry, state, now, within)
+    yield from _no_expiry_findings(entry)
     if state is KeyState.VALID and entry.created_at is not None and now - entry.created_at > max_age:
-        yield finding(
+        yield (
             "too_old",
             f"created {format_ts(entry.created_at)}, {span(now - entry.created_at)} ago (--max-age"
             f" {span(max_age)}): rotate it: new key, move the clients, revoke this one",
@@ -165,31 +146,72 @@ def _audit_entry(
         permissions = owner.permissions
     if permissions is not None and "admin" in permissions:
         whose = "has admin" if entry.permissions is not None else f"inherits admin from {entry.owner}"
-        yield finding(
+        yield (
             "admin",
             f"{whose}: under --auth-config an API key carries all its owner's permissions, so whoever"
             " holds it controls the server; give clients keys of a user without admin",
         )
     if entry.owner is None:
-        yield finding(
+        yield (
             "shared",
             "no owner: nothing ties the key to one client or person, so nobody answers for it;"
             " give it an owner in keys.yaml",
         )
+    yield from _permission_findings(permissions)
+    if state is KeyState.VALID and not entry.allowed_ips:
+        yield "no_allowlist", "no allowed_ips: a use from any network looks normal (ip_allowed cannot tell)"
+
+
+def _expiry_findings(entry: KeyEntry, state: KeyState, now: float, within: float) -> Iterator[_Said]:
+    """`expired` or `expiring`."""
+    if state is KeyState.EXPIRED and entry.expires_at is not None:
+        yield (
+            "expired",
+            f"expired {format_ts(entry.expires_at)} ({span(now - entry.expires_at)} ago) but not revoked:"
+            " delete or disable it in Xinference (or its auth config), then set revoked_at in keys.yaml",
+        )
+    elif entry.expires_at is not None and entry.expires_at <= now + within:
+        yield (
+            "expiring",
+            f"expires {format_ts(entry.expires_at)} (in {span(entry.expires_at - now)}): create its"
+            " successor, move the clients, then disable it (Xinference has no rotate endpoint)",
+        )
+
+
+def _no_expiry_findings(entry: KeyEntry) -> Iterator[_Said]:
+    """`no_expiry`: no expires_at, or a legacy key (which Xinference never expires)."""
+    legacy = (entry.prefix or "").startswith("sk-")
+    if legacy and entry.expires_at is None:
+        yield (
+            "no_expiry",
+            f"cannot expire: {_LEGACY}, no expires_at: rotate it by hand and"
+            " give it an expires_at in keys.yaml",
+        )
+    elif legacy and entry.expires_at is not None:
+        yield (
+            "no_expiry",
+            f"cannot expire in Xinference: {_LEGACY}; expires_at"
+            f" {format_ts(entry.expires_at)} binds only xinf-watch unless set in auth.db",
+        )
+    elif entry.expires_at is None:
+        yield (
+            "no_expiry",
+            "never expires: no expires_at; set one in Xinference (PUT /v1/admin/keys/{id}) and in keys.yaml",
+        )
+
+
+def _permission_findings(permissions: frozenset[str] | None) -> Iterator[_Said]:
+    """`unknown_permissions`: none listed (the key's, else its owner's), or names Xinference does not know."""
     if permissions is None:
-        yield finding(
+        yield (
             "unknown_permissions",
             "permissions not known (neither the key nor its owner lists any): scope_allowed cannot"
             " be judged; list them in keys.yaml",
         )
     elif unknown := sorted(permissions - KNOWN_PERMISSIONS):
-        yield finding(
+        yield (
             "unknown_permissions",
             f"permissions Xinference does not know: {', '.join(unknown)} (a misspelt name grants nothing)",
-        )
-    if state is KeyState.VALID and not entry.allowed_ips:
-        yield finding(
-            "no_allowlist", "no allowed_ips: a use from any network looks normal (ip_allowed cannot tell)"
         )
 
 

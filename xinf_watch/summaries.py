@@ -19,29 +19,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from xinf_watch.durations import describe_duration
 from xinf_watch.model import Event, KeyState, ScopeDenial, format_ts
 
 # group fields that say where requests came from ("from ip ..."); the others say what they were
 _ORIGINS = frozenset({"ip", "key", "owner", "source"})
 # scopes that tell a reader nothing the path does not: no permission needed, or a route we do not know
 _UNTOLD_SCOPES = frozenset({"public", "unmatched"})
-
-
-def describe_duration(seconds: float) -> str:
-    """45s, 5m, 1h30m, 1d23h: at most two units, rounded down."""
-    seconds = int(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    parts: list[str] = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if seconds >= size:
-            parts.append(f"{seconds // size}{unit}")
-            seconds %= size
-        elif parts:
-            break
-        if len(parts) == 2:
-            break
-    return "".join(parts)
 
 
 def request(event: Event) -> str:
