@@ -247,19 +247,39 @@ def compile_json(preset: str | None, fields: Mapping[str, str] | None) -> Parser
     """A parser for JSON lines from a preset name and/or a field mapping; ValueError for bad settings."""
     if preset is None and not fields:
         raise ValueError(f"json format needs a preset ({', '.join(JSON_PRESETS)}) or fields")
-    chosen = None
-    if preset is not None:
-        chosen = JSON_PRESETS.get(preset)
-        if chosen is None:
-            raise ValueError(f"unknown json preset {preset!r} (expected one of {', '.join(JSON_PRESETS)})")
+    chosen = _preset(preset)
     mapping = dict(chosen.fields) if chosen else {}
-    for field, spec in (fields or {}).items():
+    mapping.update(_checked_fields(fields or {}))
+    _check_required(mapping)
+    unit = mapping.pop("duration_unit", "") or "s"
+    if unit not in DURATION_UNITS:
+        raise ValueError(f"json fields: duration_unit {unit!r} (expected one of {', '.join(DURATION_UNITS)})")
+    paths = {field: compile_path(spec, field) for field, spec in mapping.items() if spec}
+    return _build_parser(paths, DURATION_UNITS[unit], chosen.own_line if chosen else None)
+
+
+def _preset(name: str | None) -> JsonPreset | None:
+    if name is None:
+        return None
+    chosen = JSON_PRESETS.get(name)
+    if chosen is None:
+        raise ValueError(f"unknown json preset {name!r} (expected one of {', '.join(JSON_PRESETS)})")
+    return chosen
+
+
+def _checked_fields(fields: Mapping[str, str]) -> dict[str, str]:
+    """The `fields` setting, each a known field with a path string; ValueError at the first that is not."""
+    for field, spec in fields.items():
         if field not in REQUIRED_FIELDS and field not in OPTIONAL_FIELDS and field != "duration_unit":
             known = ", ".join((*REQUIRED_FIELDS, *OPTIONAL_FIELDS, "duration_unit"))
             raise ValueError(f"json fields: unknown field {field!r} (expected one of {known})")
         if not isinstance(spec, str):
             raise ValueError(f"json fields: {field}: expected a path string, got {spec!r}")
-        mapping[field] = spec
+    return dict(fields)
+
+
+def _check_required(mapping: Mapping[str, str]) -> None:
+    """ValueError naming the required fields without a path (`request` stands in for method and path)."""
     missing = [field for field in REQUIRED_FIELDS if not mapping.get(field)]
     if mapping.get("request"):
         missing = [field for field in missing if field not in ("method", "path")]
@@ -267,11 +287,6 @@ def compile_json(preset: str | None, fields: Mapping[str, str] | None) -> Parser
         raise ValueError(
             f"json fields: no path for {', '.join(missing)} (required: {', '.join(REQUIRED_FIELDS)})"
         )
-    unit = mapping.pop("duration_unit", "") or "s"
-    if unit not in DURATION_UNITS:
-        raise ValueError(f"json fields: duration_unit {unit!r} (expected one of {', '.join(DURATION_UNITS)})")
-    paths = {field: compile_path(spec, field) for field, spec in mapping.items() if spec}
-    return _build_parser(paths, DURATION_UNITS[unit], chosen.own_line if chosen else None)
 
 
 def _build_parser(
