@@ -28,6 +28,7 @@ FINGERPRINT_BYTES = 1024
 GZIP_MAGIC = b"\x1f\x8b"
 
 Key = tuple[int, int]
+Found = dict[Key, tuple[list[str], os.stat_result]]  # what `scan` found: names and stat, per file
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,9 +212,7 @@ def nearest_directory(path: Path) -> Path:
     return path
 
 
-def scan(
-    pattern: str, base: Path, problems: Problems
-) -> tuple[dict[Key, tuple[list[str], os.stat_result]], bool]:
+def scan(pattern: str, base: Path, problems: Problems) -> tuple[Found, bool]:
     """Regular files the pattern matches now, by (dev, ino), with every name leading to each;
     False if the answer may be incomplete (the directory or a file could not be looked at)."""
     try:

@@ -109,6 +109,7 @@ from xinf_watch import sourcefiles
 from xinf_watch.linereader import MAX_LINE_BYTES, Batch, last_line_end
 from xinf_watch.sourcefiles import (
     FileIdentity,
+    Found,
     Key,
     OpenFile,
     Position,
@@ -241,9 +242,19 @@ class SourceTailer:
     # -- noticing rotations -----------------------------------------------------------------
 
     def _refresh(self, now: float) -> None:
+        """Notice what changed since the last poll: files grown, truncated, renamed or gone, and
+        files new under the pattern; then work out what each truncated or new file is."""
         found, complete = sourcefiles.scan(self.pattern, self._base, self._problems)
         if complete:
             self._ignored &= found.keys()
+        truncated = self._check_open_files(found, complete, now)
+        self._restart_truncated(truncated)
+        self._adopt_new(found, now, truncated)
+        self._classify_changed(truncated, now)
+        self._sync_followers()
+
+    def _check_open_files(self, found: Found, complete: bool, now: float) -> Truncated:
+        """Sizes and names of the files held open; those whose content was cut or replaced."""
         truncated: Truncated = []
         for f in list(self._files.values()):
             with self._problems.guard(f.path):
@@ -264,8 +275,11 @@ class SourceTailer:
             elif complete and f.current:
                 f.current = False
                 f.grown_at = now
+        return truncated
 
-        for t, _, _ in truncated:  # new content: classified like a new file below
+    def _restart_truncated(self, truncated: Truncated) -> None:
+        """A truncated file holds new content: read from its start, classified like a new file."""
+        for t, _, _ in truncated:
             with self._problems.guard(t.path):
                 head = read_head(t.fd)
                 t.fp, t.fp_len = fingerprint(head), len(head)
@@ -274,6 +288,9 @@ class SourceTailer:
             for g in self._files.values():
                 if g.leader == t.key:
                     g.leader = None  # a copy of the old content: _recover decides
+
+    def _adopt_new(self, found: Found, now: float, truncated: Truncated) -> None:
+        """Open the files the pattern matches that are not followed yet, oldest first."""
         fresh = sorted(
             (st.st_mtime_ns, sourcefiles.rotation_rank(paths[0]), paths[0], key)
             for key, (paths, st) in found.items()
@@ -285,6 +302,10 @@ class SourceTailer:
         for *_, path, key in fresh:
             with self._problems.guard(path):
                 self._adopt(path, key, now, truncated)
+
+    def _classify_changed(self, truncated: Truncated, now: float) -> None:
+        """Files opened before their first bytes were there, and truncated ones: a copy of another
+        file, or new content; a truncated one is then recovered."""
         cut = {t.key for t, _, _ in truncated}
         for u in [self._files[k] for k in self._unverified if k in self._files and k not in cut]:
             with self._problems.guard(u.path):
@@ -297,7 +318,6 @@ class SourceTailer:
                 if not starts_with(head, old):  # not merely shortened: maybe a copy of another file
                     self._classify(t, head, truncated)
                 self._recover(t, old, offset, now)
-        self._sync_followers()
 
     def _adopt(self, path: str, key: Key, now: float, truncated: Truncated) -> None:
         opened = sourcefiles.open_regular(path, key, self._problems)
