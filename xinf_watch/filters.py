@@ -153,12 +153,26 @@ def compile_filter(when: Any, *, indexed: bool = True) -> Predicate:
 
     `indexed=False` leaves out the fields of `INDEXED`: the caller answers them with `admits`.
     """
+    checks = _indexed_checks(when) if indexed else []
+    checks += _value_checks(when)
+    checks += _pattern_checks(when)
+    checks += _ip_checks(when)
+    return _all_of(checks)
+
+
+def _indexed_checks(when: Any) -> list[Predicate]:
     checks: list[Predicate] = []
-    for field, wanted in _indexed_clauses(when) if indexed else ():
+    for field, wanted in _indexed_clauses(when):
         if isinstance(wanted, bool):
             checks.append(lambda e, f=field, x=wanted: getattr(e, f) is x)  # type: ignore[misc]
         else:  # enum members hash and compare as their string values
             checks.append(lambda e, f=field, a=wanted: getattr(e, f) in a)  # type: ignore[misc]
+    return checks
+
+
+def _value_checks(when: Any) -> list[Predicate]:
+    """`source`, `reason`, `method` and `status`: set lookups."""
+    checks: list[Predicate] = []
     for field in ("source", "reason"):
         value = getattr(when, field, None)
         if value is not None:
@@ -170,6 +184,12 @@ def compile_filter(when: Any, *, indexed: bool = True) -> Predicate:
     if (status := getattr(when, "status", None)) is not None:
         codes = _status_codes(status)
         checks.append(lambda e: e.status in codes)
+    return checks
+
+
+def _pattern_checks(when: Any) -> list[Predicate]:
+    """The globs of `key`, `owner`, `scope` and `path`, then the `user_agent` regular expression."""
+    checks: list[Predicate] = []
     for field in ("key", "owner", "scope", "path"):
         value = getattr(when, field, None)
         if value is not None:
@@ -177,11 +197,16 @@ def compile_filter(when: Any, *, indexed: bool = True) -> Predicate:
     if (agent := getattr(when, "user_agent", None)) is not None:
         pattern = agent if isinstance(agent, UserRegex) else UserRegex(str(agent))  # time-bounded
         checks.append(lambda e: e.user_agent is not None and pattern.search(e.user_agent) is not None)
+    return checks
+
+
+def _ip_checks(when: Any) -> list[Predicate]:
+    checks: list[Predicate] = []
     if (nets := getattr(when, "ip", None)) is not None:
         checks.append(_ip_check(nets, inside=True))
     if (nets := getattr(when, "ip_not_in", None)) is not None:
         checks.append(_ip_check(nets, inside=False))
-    return _all_of(checks)
+    return checks
 
 
 def _all_of(checks: Sequence[Predicate]) -> Predicate:
