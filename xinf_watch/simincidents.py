@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -135,120 +136,159 @@ class _Injector:
         return Client(agent, f"Bearer {self.w.keys[alias].key}", routes, alias)
 
     def make(self, kind: str, t: float) -> Incident:
+        """The lines of one incident of `kind` from time t on, and its ground truth."""
+        maker = _MAKERS.get(kind)
+        if maker is None:
+            raise ValueError(kind)
+        return maker(self, kind, t)
+
+    def _leaked_key(self, kind: str, t: float) -> Incident:
+        rng, log = self.rng, self.w.log
+        alias = rng.choice(["bob-notebook", "carol-dev", "dave-ws", "gina-analyst", "ivan-dev"])
+        ip = self.outside()
+        c = self.key_client(alias, "python-requests/2.32.3", (CHAT, CHAT, LIST_MODELS, MODEL_INFO))
+        end = self.burst(
+            t, rng.uniform(10, 25) * MINUTE, rng.randint(15, 40), lambda ts: c.send(log, rng, ts, ip, 200)
+        )
+        return Incident("", kind, t, end, (alias,), (ip,), f"{alias}'s key used from outside ({ip})")
+
+    def _key_spraying(self, kind: str, t: float) -> Incident:
+        rng, log = self.rng, self.w.log
+        ip = self.outside()
+
+        def spray(ts: float) -> None:
+            guess = raw_key(rng, native=rng.random() < 0.5)
+            Client("Go-http-client/1.1", f"Bearer {guess}", (LIST_MODELS,)).send(log, rng, ts, ip, 401)
+
+        end = self.burst(t, rng.uniform(2, 4) * MINUTE, rng.randint(30, 60), spray)
+        return Incident("", kind, t, end, (), (ip,), f"different unknown keys tried from {ip}")
+
+    def _denied_burst(self, kind: str, t: float) -> Incident:
+        rng, log = self.rng, self.w.log
+        ip = self.outside()
+        c = Client("OpenAI/Python 1.82.0", f"Bearer {raw_key(rng, native=True)}", (CHAT,))
+        end = self.burst(
+            t, rng.uniform(40, 58), rng.randint(30, 60), lambda ts: c.send(log, rng, ts, ip, 401)
+        )
+        return Incident("", kind, t, end, (), (ip,), f"a dead key hammering from {ip}: 401s")
+
+    def _revoked_key_reused(self, kind: str, t: float) -> Incident:
         rng, w, log = self.rng, self.w, self.w.log
-        if kind == "leaked-key":
-            alias = rng.choice(["bob-notebook", "carol-dev", "dave-ws", "gina-analyst", "ivan-dev"])
-            ip = self.outside()
-            c = self.key_client(alias, "python-requests/2.32.3", (CHAT, CHAT, LIST_MODELS, MODEL_INFO))
-            end = self.burst(
-                t, rng.uniform(10, 25) * MINUTE, rng.randint(15, 40), lambda ts: c.send(log, rng, ts, ip, 200)
-            )
-            return Incident("", kind, t, end, (alias,), (ip,), f"{alias}'s key used from outside ({ip})")
-        if kind == "key-spraying":
-            ip = self.outside()
+        alias, ip = "ml-pipeline-v1", w.net.new()  # a pod nobody updated, in another namespace
+        c = self.key_client(alias, "python-httpx/0.27.2", (EMBED, CHAT))
+        end = self.burst(
+            t, rng.uniform(3, 10) * MINUTE, rng.randint(5, 15), lambda ts: c.send(log, rng, ts, ip, 401)
+        )
+        return Incident("", kind, t, end, (alias,), (ip,), f"{alias} used after its revocation, refused")
 
-            def spray(ts: float) -> None:
-                guess = raw_key(rng, native=rng.random() < 0.5)
-                Client("Go-http-client/1.1", f"Bearer {guess}", (LIST_MODELS,)).send(log, rng, ts, ip, 401)
+    def _expired_key_reused(self, kind: str, t: float) -> Incident:
+        rng, log = self.rng, self.w.log
+        alias, ip = "old-ci-2024", f"10.30.1.{rng.randint(10, 40)}"
+        c = self.key_client(alias, "python-httpx/0.27.2", (LIST_MODELS, CHAT))
+        end = self.burst(
+            t, rng.uniform(1, 3) * MINUTE, rng.randint(3, 10), lambda ts: c.send(log, rng, ts, ip, 401)
+        )
+        return Incident("", kind, t, end, (alias,), (ip,), f"expired {alias} used again, refused")
 
-            end = self.burst(t, rng.uniform(2, 4) * MINUTE, rng.randint(30, 60), spray)
-            return Incident("", kind, t, end, (), (ip,), f"different unknown keys tried from {ip}")
-        if kind == "denied-burst":
-            ip = self.outside()
-            c = Client("OpenAI/Python 1.82.0", f"Bearer {raw_key(rng, native=True)}", (CHAT,))
-            end = self.burst(
-                t, rng.uniform(40, 58), rng.randint(30, 60), lambda ts: c.send(log, rng, ts, ip, 401)
-            )
-            return Incident("", kind, t, end, (), (ip,), f"a dead key hammering from {ip}: 401s")
-        if kind == "revoked-key-reused":
-            alias, ip = "ml-pipeline-v1", w.net.new()  # a pod nobody updated, in another namespace
-            c = self.key_client(alias, "python-httpx/0.27.2", (EMBED, CHAT))
-            end = self.burst(
-                t, rng.uniform(3, 10) * MINUTE, rng.randint(5, 15), lambda ts: c.send(log, rng, ts, ip, 401)
-            )
-            return Incident("", kind, t, end, (alias,), (ip,), f"{alias} used after its revocation, refused")
-        if kind == "expired-key-reused":
-            alias, ip = "old-ci-2024", f"10.30.1.{rng.randint(10, 40)}"
-            c = self.key_client(alias, "python-httpx/0.27.2", (LIST_MODELS, CHAT))
-            end = self.burst(
-                t, rng.uniform(1, 3) * MINUTE, rng.randint(3, 10), lambda ts: c.send(log, rng, ts, ip, 401)
-            )
-            return Incident("", kind, t, end, (alias,), (ip,), f"expired {alias} used again, refused")
-        if kind == "scope-probe":
-            alias = rng.choice(["henry-intern", "ivan-dev", "dave-ws", "judy-ml"])
-            ip = w.address_of(alias, t)
-            c = self.key_client(alias, "curl/8.5.0", OUT_OF_SCOPE)
-            probes = rng.sample(OUT_OF_SCOPE, rng.randint(6, 10))
-            times = sorted(t + rng.random() * rng.uniform(1, 3) * MINUTE for _ in probes[1:])
-            for ts, route in zip([t, *times], probes, strict=True):
-                c.send(log, rng, ts, ip, 403, route)
-            return Incident(
-                "",
-                kind,
-                t,
-                max([t, *times]),
-                (alias,),
-                (ip,),
-                f"{alias} probing admin routes, {len(probes)} refused",
-            )
-        if kind == "webui-external":
-            ip = self.outside()
-            c = Client(BROWSER, "-", ())
-            page: list[Route] = [("GET", "/", 1500, 4000, 0.002, 0.01)]
-            page += [("GET", p, 2000, 90000, 0.002, 0.02) for p in WEBUI_FILES] + list(_PUBLIC_UI)
-            ts = t
-            for route in page:
-                c.send(log, rng, ts, ip, 200, route)
-                ts += rng.random() * 2
-            return Incident("", kind, t, ts, (), (ip,), f"the WebUI answered {ip} (outside)")
-        if kind == "admin-external":
-            ip = self.outside()
-            token = jwt(rng, "frank", t - 3 * 3600, ["admin"])  # a stolen session
-            c = Client("python-requests/2.32.3", f"Bearer {token}", _ADMIN_ROUTES)
-            end = self.burst(
-                t, rng.uniform(2, 6) * MINUTE, rng.randint(5, 10), lambda ts: c.send(log, rng, ts, ip, 200)
-            )
-            return Incident("", kind, t, end, (), (ip,), f"admin routes answered to {ip} (outside)")
-        if kind == "runaway-client":
-            deployment = w.deployments[rng.choice(["doc-summarizer", "support-assistant", "translation-svc"])]
-            c = deployment.client_at(t)
-            pods = deployment.pods_at(t)
-            length = rng.uniform(30, 60) * MINUTE
-            last = [t]
+    def _scope_probe(self, kind: str, t: float) -> Incident:
+        rng, w, log = self.rng, self.w, self.w.log
+        alias = rng.choice(["henry-intern", "ivan-dev", "dave-ws", "judy-ml"])
+        ip = w.address_of(alias, t)
+        c = self.key_client(alias, "curl/8.5.0", OUT_OF_SCOPE)
+        probes = rng.sample(OUT_OF_SCOPE, rng.randint(6, 10))
+        times = sorted(t + rng.random() * rng.uniform(1, 3) * MINUTE for _ in probes[1:])
+        for ts, route in zip([t, *times], probes, strict=True):
+            c.send(log, rng, ts, ip, 403, route)
+        return Incident(
+            "",
+            kind,
+            t,
+            max([t, *times]),
+            (alias,),
+            (ip,),
+            f"{alias} probing admin routes, {len(probes)} refused",
+        )
 
-            def runaway(ts: float) -> None:
-                c.send(log, rng, ts, pods[int(rng.random() * len(pods))])
-                last[0] = max(last[0], ts)
+    def _webui_external(self, kind: str, t: float) -> Incident:
+        rng, log = self.rng, self.w.log
+        ip = self.outside()
+        c = Client(BROWSER, "-", ())
+        page: list[Route] = [("GET", "/", 1500, 4000, 0.002, 0.01)]
+        page += [("GET", p, 2000, 90000, 0.002, 0.02) for p in WEBUI_FILES] + list(_PUBLIC_UI)
+        ts = t
+        for route in page:
+            c.send(log, rng, ts, ip, 200, route)
+            ts += rng.random() * 2
+        return Incident("", kind, t, ts, (), (ip,), f"the WebUI answered {ip} (outside)")
 
-            # 19x its weekday peak on top of its normal traffic: 20x its busiest usual rate
-            stream(rng, t, t + length, lambda _t: 19 * deployment.peak, runaway)
-            alias = c.alias or ""
-            return Incident(
-                "",
-                kind,
-                t,
-                last[0],
-                (alias,),
-                tuple(pods),
-                f"{alias} at 20x its usual rate for {length / MINUTE:.0f} min (retry loop)",
-            )
-        if kind == "state-not-enforced":
-            alias, ip = "ex-contractor", f"10.8.{rng.randrange(256)}.{rng.randrange(2, 255)}"
-            c = self.key_client(alias, "OpenAI/Python 1.82.0", (CHAT, LIST_MODELS))
-            end = self.burst(
-                t, rng.uniform(2, 10) * MINUTE, rng.randint(3, 8), lambda ts: c.send(log, rng, ts, ip, 200)
-            )
-            return Incident("", kind, t, end, (alias,), (ip,), f"revoked {alias} answered 200")
-        if kind == "partner-outside-allowlist":
-            alias, ip = "partner-acme", self.outside("192.0.2")
-            c = self.key_client(alias, "python-requests/2.32.3", (CHAT, CHAT, EMBED, LIST_MODELS))
-            end = self.burst(
-                t, rng.uniform(5, 15) * MINUTE, rng.randint(5, 20), lambda ts: c.send(log, rng, ts, ip, 200)
-            )
-            return Incident(
-                "", kind, t, end, (alias,), (ip,), f"{alias} used from {ip}, outside its allowed_ips"
-            )
-        raise ValueError(kind)
+    def _admin_external(self, kind: str, t: float) -> Incident:
+        rng, log = self.rng, self.w.log
+        ip = self.outside()
+        token = jwt(rng, "frank", t - 3 * 3600, ["admin"])  # a stolen session
+        c = Client("python-requests/2.32.3", f"Bearer {token}", _ADMIN_ROUTES)
+        end = self.burst(
+            t, rng.uniform(2, 6) * MINUTE, rng.randint(5, 10), lambda ts: c.send(log, rng, ts, ip, 200)
+        )
+        return Incident("", kind, t, end, (), (ip,), f"admin routes answered to {ip} (outside)")
+
+    def _runaway_client(self, kind: str, t: float) -> Incident:
+        rng, w, log = self.rng, self.w, self.w.log
+        deployment = w.deployments[rng.choice(["doc-summarizer", "support-assistant", "translation-svc"])]
+        c = deployment.client_at(t)
+        pods = deployment.pods_at(t)
+        length = rng.uniform(30, 60) * MINUTE
+        last = [t]
+
+        def runaway(ts: float) -> None:
+            c.send(log, rng, ts, pods[int(rng.random() * len(pods))])
+            last[0] = max(last[0], ts)
+
+        # 19x its weekday peak on top of its normal traffic: 20x its busiest usual rate
+        stream(rng, t, t + length, lambda _t: 19 * deployment.peak, runaway)
+        alias = c.alias or ""
+        return Incident(
+            "",
+            kind,
+            t,
+            last[0],
+            (alias,),
+            tuple(pods),
+            f"{alias} at 20x its usual rate for {length / MINUTE:.0f} min (retry loop)",
+        )
+
+    def _state_not_enforced(self, kind: str, t: float) -> Incident:
+        rng, log = self.rng, self.w.log
+        alias, ip = "ex-contractor", f"10.8.{rng.randrange(256)}.{rng.randrange(2, 255)}"
+        c = self.key_client(alias, "OpenAI/Python 1.82.0", (CHAT, LIST_MODELS))
+        end = self.burst(
+            t, rng.uniform(2, 10) * MINUTE, rng.randint(3, 8), lambda ts: c.send(log, rng, ts, ip, 200)
+        )
+        return Incident("", kind, t, end, (alias,), (ip,), f"revoked {alias} answered 200")
+
+    def _partner_outside_allowlist(self, kind: str, t: float) -> Incident:
+        rng, log = self.rng, self.w.log
+        alias, ip = "partner-acme", self.outside("192.0.2")
+        c = self.key_client(alias, "python-requests/2.32.3", (CHAT, CHAT, EMBED, LIST_MODELS))
+        end = self.burst(
+            t, rng.uniform(5, 15) * MINUTE, rng.randint(5, 20), lambda ts: c.send(log, rng, ts, ip, 200)
+        )
+        return Incident("", kind, t, end, (alias,), (ip,), f"{alias} used from {ip}, outside its allowed_ips")
+
+
+# How each kind of CATCHING_RULES is made: a kind missing here raises ValueError in `make`.
+_MAKERS: dict[str, Callable[[_Injector, str, float], Incident]] = {
+    "leaked-key": _Injector._leaked_key,
+    "key-spraying": _Injector._key_spraying,
+    "denied-burst": _Injector._denied_burst,
+    "revoked-key-reused": _Injector._revoked_key_reused,
+    "expired-key-reused": _Injector._expired_key_reused,
+    "scope-probe": _Injector._scope_probe,
+    "webui-external": _Injector._webui_external,
+    "admin-external": _Injector._admin_external,
+    "runaway-client": _Injector._runaway_client,
+    "state-not-enforced": _Injector._state_not_enforced,
+    "partner-outside-allowlist": _Injector._partner_outside_allowlist,
+}
 
 
 def inject(world: World) -> list[Incident]:
