@@ -2,9 +2,9 @@
 their ground truth: the evidence for alert quality (`bench/alert_quality.py`, `xinf-watch simulate`).
 
 `simulate(days, seed)` is pure: the same seed gives the same lines, keys and truth; no clock is
-read. The world and its ordinary traffic are simworld.py, the incidents and the table of the rules
-that catch them simincidents.py, the line buffer and the traffic primitives simtraffic.py. Raw keys
-are in the lines and keys.yaml only, never in the truth.
+read. The world is simworld.py, its ordinary traffic simroutine.py, the incidents and the table of
+the rules that catch them simincidents.py, the line buffer and the traffic primitives
+simtraffic.py. Raw keys are in the lines and keys.yaml only, never in the truth.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import yaml
 
 from xinf_watch.model import format_ts
 from xinf_watch.simincidents import NOTICE_RULES, Incident, inject
+from xinf_watch.simroutine import run_batches, run_infrastructure, run_people, run_webui
 from xinf_watch.simworld import SimKey, World
 
 
@@ -60,10 +61,10 @@ def simulate(days: int = 7, seed: int = 1) -> Simulation:
     world.make_people()
     for deployment in world.deployments.values():
         deployment.run(world.rng, world.log, world.start, world.end)
-    world.run_people()
-    world.run_webui()
-    world.run_batches()
-    world.run_infrastructure()
+    run_people(world)
+    run_webui(world)
+    run_batches(world)
+    run_infrastructure(world)
     incidents = inject(world)
     log = world.log
     world.facts["pod_addresses"] = {name: d.addresses() for name, d in world.deployments.items()}

@@ -1,5 +1,6 @@
-"""The simulated world of simulate.py: its keys, its clients and their schedules, and the ordinary
-traffic they send (a realistic week in front of Xinference with advanced auth, behind nginx).
+"""The simulated world of simulate.py: its keys, its clients and their schedules (a realistic week
+in front of Xinference with advanced auth, behind nginx); the ordinary traffic they send is
+simroutine.py, besides the Deployments' own (simtraffic.py).
 
 Day 0 starts Monday 2026-11-30 00:00 UTC; 25 keys, ~105,000 requests on a weekday, ~55,000 on a
 weekend day:
@@ -27,56 +28,29 @@ from datetime import UTC, datetime
 from typing import Any
 
 from xinf_watch.model import format_ts
-from xinf_watch.simincidents import jwt
 from xinf_watch.simtraffic import (
-    BROWSER,
     CHAT,
     COMPLETION,
     DAY,
     EMBED,
     HOUR,
     IMAGE,
-    INSTANCES,
     LIST_MODELS,
     MINUTE,
     MODEL_INFO,
-    OUT_OF_SCOPE,
     RERANK,
     SPEECH,
     TRANSCRIBE,
-    WEBUI_FILES,
     Client,
     Deployment,
     Log,
     PodNetwork,
     Route,
-    constant,
-    office_curve,
     raw_key,
-    stream,
 )
 
 START = datetime(2026, 11, 30, tzinfo=UTC).timestamp()  # a Monday
 SERVICE = ("models:list", "models:read")
-_STATUS: Route = ("GET", "/status", 14, 16, 0.001, 0.003)
-_METRICS: Route = ("GET", "/metrics", 20000, 30000, 0.01, 0.04)
-_SCANS: tuple[Route, ...] = tuple(
-    ("GET", p, 150, 160, 0.0, 0.001)
-    for p in (
-        "/",
-        "/.env",
-        "/wp-login.php",
-        "/.git/config",
-        "/robots.txt",
-        "/favicon.ico",
-        "/docs",
-        "/owa/auth/logon.aspx",
-        "/cgi-bin/luci",
-        "/v1/models",
-        "/actuator/health",
-        "/server-status",
-    )
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +143,7 @@ class World:
     def weekday(self, day: int) -> bool:
         return day % 7 < 5
 
-    # --- the ordinary week -------------------------------------------------------------------
+    # --- the cast of the ordinary week (simroutine.py runs its traffic) ---------------------
 
     def make_keys(self) -> None:
         k = self.key
@@ -318,206 +292,3 @@ class World:
                 person.addresses.append(
                     (person.office if self.rng.random() < 0.55 else vpn) if present else None
                 )
-
-    def run_people(self) -> None:
-        rng, log = self.rng, self.log
-        loops = []
-        for day in range(self.days):
-            base = self.start + day * DAY
-            work = self.weekday(day)
-            for person in self.people.values():
-                ip = person.addresses[day]
-                if ip is None:
-                    continue
-                for _ in range(rng.randint(2, 6) if work else 1):
-                    t0 = base + (8 + rng.random() * 10.5) * HOUR
-                    length = rng.uniform(2, 20) * MINUTE
-                    for _ in range(rng.randint(3, 40)):
-                        person.client.send(log, rng, t0 + rng.random() * length, ip)
-                if person.notebook and work and rng.random() < 0.45:
-                    t0 = base + (9.5 + rng.random() * 7.5) * HOUR
-                    length, rate = rng.uniform(10, 30) * MINUTE, rng.uniform(0.5, 2.5)
-                    loop = Client(person.client.agent, person.client.auth, (CHAT, EMBED), person.client.alias)
-                    n = stream(rng, t0, t0 + length, constant(rate), loop.sender(log, rng, ip))
-                    loops.append(
-                        {
-                            "key": loop.alias,
-                            "start": format_ts(t0),
-                            "minutes": round(length / MINUTE),
-                            "requests": n,
-                        }
-                    )
-            self.mistakes(day, base, work)
-        self.facts["notebook_loops"] = loops
-
-    def mistakes(self, day: int, base: float, work: bool) -> None:
-        """One-off refusals: a route an API key may not use (403), a mistyped key (401)."""
-        rng, log = self.rng, self.log
-        present = [p for p in self.people.values() if p.addresses[day] is not None]
-        for person in rng.sample(
-            present, min(len(present), rng.randint(2, 5) if work else rng.randint(0, 1))
-        ):
-            t = base + (8.5 + rng.random() * 9.5) * HOUR
-            person.client.send(
-                log,
-                rng,
-                t,
-                person.addresses[day] or person.office,
-                403,
-                OUT_OF_SCOPE[int(rng.random() * len(OUT_OF_SCOPE))],
-            )
-        for person in rng.sample(
-            present, min(len(present), rng.randint(1, 3) if work else rng.randint(0, 1))
-        ):
-            key = person.client.auth
-            i = rng.randrange(len("Bearer xx-"), len(key))
-            typo = Client(
-                person.client.agent,
-                key[:i] + rng.choice("abcdefghXYZ0123") + key[i + 1 :],
-                (CHAT, LIST_MODELS),
-            )
-            t = base + (8.5 + rng.random() * 9.5) * HOUR
-            for _ in range(rng.randint(1, 2)):
-                typo.send(log, rng, t, person.addresses[day] or person.office, 401)
-                t += rng.uniform(2, 20)
-
-    def run_webui(self) -> None:
-        rng, log = self.rng, self.log
-        users = [p for p in self.people.values() if p.webui]
-        for day in range(self.days):
-            if not self.weekday(day):
-                continue
-            base = self.start + day * DAY
-            for _ in range(rng.randint(2, 5)):
-                person = rng.choice(users)
-                ip = person.addresses[day] or person.office
-                t = base + (8.5 + rng.random() * 9.5) * HOUR
-                browser = Client(BROWSER, "-", ())
-                browser.send(log, rng, t, ip, 200, ("GET", "/", 1500, 4000, 0.002, 0.01))
-                for path in rng.sample(WEBUI_FILES, rng.randint(4, len(WEBUI_FILES))):
-                    browser.send(
-                        log,
-                        rng,
-                        t + rng.random() * 2,
-                        ip,
-                        rng.choice((200, 304)),
-                        ("GET", path, 2000, 90000, 0.002, 0.02),
-                    )
-                browser.send(log, rng, t + 2, ip, 200, ("GET", "/v1/cluster/auth", 20, 40, 0.002, 0.01))
-                browser.send(log, rng, t + 9, ip, 200, ("POST", "/token", 300, 400, 0.05, 0.2))
-                user = (person.client.alias or "").split("-")[0]
-                scopes = ["admin"] if user == "frank" else list(SERVICE)
-                routes = (LIST_MODELS, INSTANCES, INSTANCES) + (
-                    (("GET", "/v1/cluster/info", 300, 1200, 0.005, 0.05),) if user == "frank" else ()
-                )
-                session = Client(BROWSER, f"Bearer {jwt(rng, user, t + 9, scopes)}", routes)
-                length = rng.uniform(5, 40) * MINUTE
-                for _ in range(rng.randint(10, 60)):
-                    session.send(log, rng, t + 10 + rng.random() * length, ip)
-
-    def run_batches(self) -> None:
-        """Nightly CronJobs (a new pod each night) and weekday CI bursts."""
-        rng, log = self.rng, self.log
-        indexer = self.deployments["search-indexer"]
-        batches, bursts = [], []
-        ci = self.client(
-            "ci-runner", "python-httpx/0.27.2", (LIST_MODELS, CHAT, CHAT, EMBED, MODEL_INFO, RERANK)
-        )
-        for day in range(self.days):
-            base = self.start + day * DAY
-            t0 = base + 2 * HOUR + rng.random() * 4 * MINUTE
-            length, factor = rng.uniform(30, 90) * MINUTE, rng.uniform(10, 20)
-            pod = self.net.new()
-            n = stream(
-                rng, t0, t0 + length, constant(factor * indexer.peak), indexer.client.sender(log, rng, pod)
-            )
-            batches.append(
-                {
-                    "key": "search-indexer",
-                    "start": format_ts(t0),
-                    "end": format_ts(t0 + length),
-                    "factor": round(factor, 1),
-                    "requests": n,
-                    "address": pod,
-                }
-            )
-            alias = "reports-2025" if day == 0 else "reports-2026"
-            reports = self.client(alias, "python-requests/2.32.3", (CHAT, CHAT, COMPLETION, LIST_MODELS))
-            t0 = base + 3.5 * HOUR + rng.random() * 3 * MINUTE
-            rate, pod = rng.uniform(0.8, 1.2), self.net.new()
-            stream(rng, t0, t0 + rng.uniform(10, 25) * MINUTE, constant(rate), reports.sender(log, rng, pod))
-            if not self.weekday(day):
-                continue
-            count = rng.randint(2, 4)
-            for i in range(count):
-                t0 = base + (7 + (i + rng.random() * 0.6) * 14 / count) * HOUR
-                length, n, runner = (
-                    rng.uniform(2, 5) * MINUTE,
-                    rng.randint(150, 600),
-                    f"10.30.1.{rng.randint(10, 40)}",
-                )
-                for _ in range(n):
-                    ci.send(log, rng, t0 + rng.random() * length, runner)
-                bursts.append(
-                    {
-                        "key": "ci-runner",
-                        "start": format_ts(t0),
-                        "end": format_ts(t0 + length),
-                        "requests": n,
-                        "address": runner,
-                    }
-                )
-        self.facts["nightly_batches"] = batches
-        self.facts["ci_bursts"] = bursts
-
-    def run_infrastructure(self) -> None:
-        """Node probes, Prometheus, the uptime probe (rescheduled once), the partner, scanners."""
-        rng, log = self.rng, self.log
-        probe = Client("kube-probe/1.30", "-", (_STATUS,))
-        scrape = Client("Prometheus/2.53.1", "-", (_METRICS,))
-        uptime = self.client("uptime-probe", "Blackbox Exporter/0.25.0", (LIST_MODELS,))
-        prometheus, uptime_pod = self.net.new(), self.net.new()
-        moved = self.start + rng.random() * (self.end - self.start)
-        uptime_next = self.net.new()
-        t = self.start
-        while t < self.end:
-            if int(t) % 20 == 0:
-                for node in ("10.0.1.11", "10.0.1.12"):
-                    probe.send(log, rng, t + rng.random() * 0.2, node, 200)
-            if int(t) % 30 == 0:
-                scrape.send(log, rng, t + 0.5 + rng.random() * 0.1, prometheus, 200)
-            if int(t) % 60 == 0:
-                uptime.send(log, rng, t + 1 + rng.random() * 0.3, uptime_pod if t < moved else uptime_next)
-            t += 10
-        partner = self.client(
-            "partner-acme", "python-requests/2.32.3", (CHAT, CHAT, CHAT, EMBED, LIST_MODELS)
-        )
-        nat = ["198.51.100.10", "198.51.100.11", "198.51.100.12"]
-
-        def partner_rate(t: float) -> float:
-            return 0.12 * office_curve(t) * (1.0 if self.weekday(int((t - self.start) // DAY)) else 0.05)
-
-        def partner_send(ts: float) -> None:
-            pool = nat if ts - self.start < 3 * DAY else [*nat, "198.51.100.13"]  # a new egress address
-            partner.send(log, rng, ts, pool[int(rng.random() * len(pool))])
-
-        stream(rng, self.start, self.end, partner_rate, partner_send)
-        for day in range(self.days):
-            for _ in range(rng.randint(2, 6)):
-                ip = f"198.{rng.randint(18, 19)}.{rng.randrange(256)}.{rng.randrange(1, 255)}"
-                t = self.start + day * DAY + rng.random() * DAY
-                scanner = Client(
-                    rng.choice(
-                        (
-                            "Mozilla/5.0 zgrab/0.x",
-                            "python-requests/2.31.0",
-                            "Mozilla/5.0 (compatible; CensysInspect/1.1)",
-                        )
-                    ),
-                    "-",
-                    (),
-                )
-                for route in rng.sample(_SCANS, rng.randint(3, 12)):
-                    # nginx lets only /v1/ through from outside: Xinference asks for a key there
-                    scanner.send(log, rng, t, ip, 401 if route[1].startswith("/v1/") else 403, route)
-                    t += rng.random() * 5
