@@ -171,21 +171,23 @@ class Alertmanager:
 
 class RedisServer:
     """A real redis-server on a free loopback port, its data in `workdir` (saved on a clean stop,
-    as a packaged Redis does): `stop()` then `start()` is a restart on the same port."""
+    as a packaged Redis does): `stop()` then `start()` is a restart on the same port. With a
+    `password`, clients must give it (`requirepass`); `url` carries it."""
 
-    def __init__(self, binary: str, workdir: Path) -> None:
-        self.binary, self.workdir = binary, workdir
+    def __init__(self, binary: str, workdir: Path, password: str | None = None) -> None:
+        self.binary, self.workdir, self.password = binary, workdir, password
         self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.url = f"redis://{f':{password}@' if password else ''}127.0.0.1:{self.port}/0"
         self._proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
     def start(self) -> RedisServer:
         self.starts += 1
         log = self.workdir / f"redis-{self.starts}.log"
+        auth = ["--requirepass", self.password] if self.password else []
         self._proc = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir),
-             "--save", "3600 1", "--appendonly", "no", "--logfile", str(log)],
+             "--save", "3600 1", "--appendonly", "no", "--logfile", str(log), *auth],
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
         )  # fmt: skip
         wait_until(self._ready, timeout=10, what="redis-server accepting connections")
@@ -198,8 +200,12 @@ class RedisServer:
             raise AssertionError(f"redis-server exited:\n{log.read_text() if log.exists() else ''}")
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
-                s.sendall(b"PING\r\n")
-                return s.recv(16).startswith(b"+PONG")
+                auth = f"AUTH {self.password}\r\n".encode() if self.password else b""
+                s.sendall(auth + b"PING\r\n")
+                reply = b""
+                while reply.count(b"\r\n") < (2 if auth else 1) and (chunk := s.recv(64)):
+                    reply += chunk
+                return reply.endswith(b"+PONG\r\n")
         except OSError:
             return False
 

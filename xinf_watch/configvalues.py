@@ -58,6 +58,7 @@ _NAME = re.compile(r"[^\s]+\Z")
 _KEY_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*\Z")
 _ENV = re.compile(r"\$\{([^}]*)\}")
 _VERSION = re.compile(r"v?\d+(\.\d+)*\Z")
+_USERINFO = re.compile(r"\A([^:/@]*:/*)?.*@", re.DOTALL)  # scheme: and slashes, then all up to the last @
 
 
 def parse_duration(text: str | int | float) -> float:
@@ -327,12 +328,26 @@ def check_url(value: Any, info: ValidationInfo | None) -> str:
     return url
 
 
+def _is_redis_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # ValueError unless a number in range (a password's unescaped / ends the host)
+    except ValueError:  # and a broken [IPv6] host
+        return False
+    if parts.scheme == "unix":
+        return bool(parts.path)
+    after_host = parts.path + parts.query + parts.fragment  # an @ there: a password cut short
+    return parts.scheme in ("redis", "rediss") and bool(parts.hostname) and "@" not in after_host
+
+
 def check_redis_url(value: Any, info: ValidationInfo | None) -> str:
+    """redis(s)://[user:password@]host[:port][/db] or unix://path. An error shows the value as
+    written (not the environment's), all between the scheme and the last `@` masked: a password
+    with an unescaped / ? or # is not parsed as one (it ends the host early, and is refused)."""
     url = check_env(value, _context(info))
-    parts = urlsplit(url)
-    if parts.scheme not in ("redis", "rediss", "unix") or not (parts.netloc or parts.path):
-        shown = show(url if parts.password is None else url.replace(parts.password, "***"))
-        return fail(f"{shown} is not a Redis URL (expected e.g. redis://127.0.0.1:6379/0)")
+    if not _is_redis_url(url):
+        shown = _USERINFO.sub(lambda m: f"{m.group(1) or ''}***@", value)
+        return fail(f"{show(shown)} is not a Redis URL (expected e.g. redis://127.0.0.1:6379/0)")
     return url
 
 

@@ -119,8 +119,8 @@ class FleetFeed:
     next_index: dict[str, int] = field(default_factory=dict)  # per own source: the next event's index
     fed: dict[tuple[str, str], int] = field(default_factory=dict)  # (instance, source): next index to feed
     pending: deque[Entry] = field(default_factory=deque)  # own entries not yet in the stream
-    # own entries published and not read back yet: their events need no decoding
-    in_flight: dict[tuple[str, int], list[Event]] = field(default_factory=dict)
+    # own entries published and not read back yet, with their payloads: their events need no decoding
+    in_flight: dict[tuple[str, int], tuple[bytes, list[Event]]] = field(default_factory=dict)
     unclaimed: dict[str, None] = field(default_factory=dict)  # claims of alerts sent while unreachable
     published_events: int = 0  # own events in the stream
     fed_events: int = 0  # events (own and others') fed to the engine
@@ -143,19 +143,26 @@ class FleetFeed:
         """The pending entries, encoded, oldest first: publish them, then call `published()`."""
         return [entry.encode() for entry in self.pending]
 
-    def published(self, count: int) -> None:
-        for _ in range(min(count, len(self.pending))):
+    def published(self, payloads: Sequence[bytes]) -> None:
+        """`payloads`, what `outgoing()` gave (oldest first), are in the stream."""
+        for payload in payloads[: len(self.pending)]:
             entry = self.pending.popleft()
             self.published_events += len(entry.events)
-            remember(self.in_flight, (entry.source, entry.first), entry.events, KEEP_IN_FLIGHT)
+            remember(self.in_flight, (entry.source, entry.first), (payload, entry.events), KEEP_IN_FLIGHT)
 
     def receive(self, entry_id: str, payload: bytes) -> list[Event]:
         """A stream entry, in stream order: the events of it the engine has not been fed yet."""
         self.last_id = entry_id
         try:
             instance, source, first, _ = Entry.header(payload)
-            own = self.in_flight.pop((source, first), None) if instance == self.instance else None
-            entry = Entry(instance, source, first, own) if own is not None else Entry.decode(payload)
+            own = self.in_flight.get((source, first)) if instance == self.instance else None
+            # only this very payload: a copy an earlier run published under the same index (a crash
+            # before the commit) may hold fewer events, and is fed as the other instances feed it
+            if own is not None and own[0] == payload:
+                del self.in_flight[(source, first)]
+                entry = Entry(instance, source, first, own[1])
+            else:
+                entry = Entry.decode(payload)
         except ValueError:
             self.invalid += 1
             return []

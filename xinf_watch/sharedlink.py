@@ -140,7 +140,8 @@ class FleetSync:
         for source, events in pipeline.take_deferred():
             self.feed.add(source, events)
         try:
-            entries = self.link.exchange(list(self.feed.unclaimed), self.feed.outgoing(), self.feed.last_id)
+            outgoing = self.feed.outgoing()
+            entries = self.link.exchange(list(self.feed.unclaimed), outgoing, self.feed.last_id)
         except SharedStateDown:
             self._say()
             alerts = pipeline.judge(self.feed.take_local()) + self._advance(pipeline, clock)
@@ -148,7 +149,7 @@ class FleetSync:
             self.behind, self.received = False, 0
             return pipeline.count_alerts(alerts)
         self._say()
-        self.feed.published(len(self.feed.pending))
+        self.feed.published(outgoing)
         self.feed.unclaimed.clear()
         self.behind, self.received = len(entries) >= READ_COUNT, len(entries)
         alerts = []
