@@ -30,8 +30,8 @@ from paths import FIXTURES
 from prometheus_client.parser import text_string_to_metric_families
 from tools import require_program
 
+from xinf_watch import SHIPPED_RULES
 from xinf_watch.cli import main
-from xinf_watch.init.write import SHIPPED_RULES
 
 CONFIG = FIXTURES / "config"
 DATA = Path(__file__).parent / "data" / "init"

@@ -25,9 +25,9 @@ from typing import TextIO
 
 import yaml
 
+from xinf_watch import SHIPPED_RULES
 from xinf_watch.model import format_ts
 
-SHIPPED_RULES = Path(__file__).resolve().parent / "data" / "rules.yaml"  # rules/rules.yaml, packaged
 AGENT = "OpenAI/Python 1.82.0"
 
 

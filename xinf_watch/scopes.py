@@ -25,16 +25,16 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
 import yaml
 
+from xinf_watch import DATA
 from xinf_watch.caches import remember
 from xinf_watch.model import ScopeDenial
 
-ROUTES_FILE = Path(__file__).parent / "data" / "routes.yaml"
+ROUTES_FILE = DATA / "routes.yaml"
 
 WEBUI = "webui"
 PUBLIC = "public"

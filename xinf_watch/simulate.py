@@ -17,6 +17,7 @@ from typing import Any, TextIO
 import orjson
 import yaml
 
+from xinf_watch import SHIPPED_RULES
 from xinf_watch.model import format_ts
 from xinf_watch.simincidents import NOTICE_RULES, Incident, inject
 from xinf_watch.simroutine import run_batches, run_infrastructure, run_people, run_webui
@@ -117,7 +118,6 @@ def write_simulation(sim: Simulation, directory: Path, shipped: Path) -> None:
     (directory / "truth.json").write_bytes(orjson.dumps(sim.truth(), option=orjson.OPT_INDENT_2) + b"\n")
 
 
-SHIPPED_RULES = Path(__file__).resolve().parent / "data" / "rules.yaml"  # rules/rules.yaml, packaged
 
 
 def run_simulate(days: int, seed: int, out: Path, rules: Path | None, stdout: TextIO) -> int:

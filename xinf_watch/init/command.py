@@ -23,9 +23,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
+from xinf_watch import SHIPPED_RULES
 from xinf_watch.init import auth, caddy, haproxy, nginx
 from xinf_watch.init.gateway import GatewayLog, InitError, Upstream
-from xinf_watch.init.write import SHIPPED_RULES, Source, rules_yaml, state_dir, write_files
+from xinf_watch.init.write import Source, rules_yaml, state_dir, write_files
 
 ETC_DIR = Path("/etc/xinf-watch")
 _HOST_CADDYFILE = Path("/etc/caddy/Caddyfile")

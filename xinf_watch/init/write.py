@@ -18,7 +18,6 @@ import yaml
 
 from xinf_watch.init.gateway import InitError
 
-SHIPPED_RULES = Path(__file__).resolve().parent.parent / "data" / "rules.yaml"
 DEFAULT_STATE_DIR = Path("/var/lib/xinf-watch")
 _TOP_KEY = re.compile(r"([A-Za-z_][\w-]*)\s*:")
 
