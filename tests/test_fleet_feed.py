@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 from pathlib import Path
 
 import orjson
@@ -22,6 +23,7 @@ from xinf_watch import fleet
 from xinf_watch.config import SourceConfig, empty_config, load_config
 from xinf_watch.fleet import Entry, FleetFeed, claim_name, event_from_row, event_row
 from xinf_watch.keyfiles import load_registry
+from xinf_watch.keys import KeyRegistry
 from xinf_watch.model import Alert, AlertStatus, CredentialKind, Event, KeyState, Outcome, ScopeDenial
 from xinf_watch.pipeline import Pipeline
 
@@ -113,6 +115,24 @@ def test_an_entry_survives_the_wire() -> None:
     assert back == entry
     for a, b in zip(back.events, entry.events, strict=True):
         same_fields(a, b)
+
+
+def test_a_byte_count_beyond_64_bits_goes_out_as_none() -> None:
+    """A client-written JSON log line may say any size, and orjson writes no int past 64 bits.
+    Before: Entry.encode raised in every FleetSync.turn (uncaught in the daemon's loop), and again
+    after a restart, which reads the same uncommitted line."""
+    source = SourceConfig(name="caddy", path="", format="json", preset="caddy")
+    pipeline = Pipeline.build(empty_config(), KeyRegistry(()), extra_sources=[source], defer_rules=True)
+    line = orjson.loads((FIXTURES / "caddy/access.log").read_text(encoding="utf-8").splitlines()[0])
+    for size in (1e20, 2**64, 17):
+        pipeline.process_line("caddy", json.dumps({**line, "size": size}))
+    ((_, read_events),) = pipeline.take_deferred()
+    assert [e.bytes for e in read_events] == [10**20, 2**64, 17]  # what the parser makes of them
+    feed = FleetFeed("gw1")
+    feed.add("caddy", read_events)
+    (payload,) = publish(feed)
+    back = Entry.decode(payload).events
+    assert back == [dataclasses.replace(e, bytes=None) for e in read_events[:2]] + read_events[2:]
 
 
 # -- feeding: once each, in stream order --------------------------------------------------------

@@ -78,7 +78,13 @@ class Entry:
         """A header line `[version, instance, source, first]`, then the events' rows: a reader
         sees whose entry it is without parsing the events."""
         header = orjson.dumps([WIRE_VERSION, self.instance, self.source, self.first])
-        return header + b"\n" + orjson.dumps([event_row(e) for e in self.events])
+        rows = [event_row(e) for e in self.events]
+        try:
+            body = orjson.dumps(rows)
+        except TypeError:  # an int past 64 bits (a byte count a client wrote in its line): None
+            body = orjson.dumps([[None if type(v) is int and not -(2**63) <= v < 2**64 else v for v in row]
+                                 for row in rows])  # fmt: skip
+        return header + b"\n" + body
 
     @staticmethod
     def header(payload: bytes) -> tuple[str, str, int, bytes]:
