@@ -51,6 +51,7 @@ BUSY_TIMEOUT_S = 0.2
 _BUSY = {5, 6}  # SQLITE_BUSY, SQLITE_LOCKED (primary result codes)
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 _Stat = tuple[int, int, int, int, int]
+_Owner = tuple[str, bool, frozenset[str] | None]  # a user id's name, active, permissions (None: unknown)
 
 
 class AuthDbError(Exception):
@@ -155,6 +156,14 @@ def _failure(e: sqlite3.Error, *, transient: bool) -> AuthDbError:
 
 
 def _query(conn: sqlite3.Connection) -> AuthDb:
+    cols = _schema(conn)
+    owners, users = _users(conn, cols["users"], _permissions(conn, cols))
+    keys, skipped = _keys(conn, cols["api_keys"], owners)
+    return AuthDb(tuple(keys), users, skipped)
+
+
+def _schema(conn: sqlite3.Connection) -> dict[str, set[str]]:
+    """Columns of users, api_keys and user_permissions (when it exists); raises if a needed one is missing."""
     tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     cols = {t: _columns(conn, t) for t in ("users", "api_keys", "user_permissions") if t in tables}
     for table, needed in (("users", ("id", "username")), ("api_keys", ("user_id", "key_hash"))):
@@ -163,16 +172,28 @@ def _query(conn: sqlite3.Connection) -> AuthDb:
             raise AuthDbError(f"not Xinference's auth database (no {table} table)")
         if missing:
             raise AuthDbError(f"unexpected auth.db schema: {table} has no {', '.join(missing)} column")
-    perms: dict[int, set[str]] | None = None
-    if {"user_id", "permission"} <= cols.get("user_permissions", set()):
-        perms = {}
-        for user_id, perm in conn.execute("SELECT user_id, permission FROM user_permissions"):
-            if isinstance(perm, str) and perm.strip():
-                perms.setdefault(user_id, set()).add(perm.strip())
-    owners: dict[int, tuple[str, bool, frozenset[str] | None]] = {}
+    return cols
+
+
+def _permissions(conn: sqlite3.Connection, cols: dict[str, set[str]]) -> dict[int, set[str]] | None:
+    """Each user id's permissions; None when the schema has no user_permissions (unknown)."""
+    if not {"user_id", "permission"} <= cols.get("user_permissions", set()):
+        return None
+    perms: dict[int, set[str]] = {}
+    for user_id, perm in conn.execute("SELECT user_id, permission FROM user_permissions"):
+        if isinstance(perm, str) and perm.strip():
+            perms.setdefault(user_id, set()).add(perm.strip())
+    return perms
+
+
+def _users(
+    conn: sqlite3.Connection, user_cols: set[str], perms: dict[int, set[str]] | None
+) -> tuple[dict[int, _Owner], tuple[UserEntry, ...]]:
+    """Each user id's owner row, and the users by name."""
+    owners: dict[int, _Owner] = {}
     by_name: dict[str, list[tuple[bool, frozenset[str] | None]]] = {}
     for user_id, username, active in conn.execute(
-        f"SELECT id, username, {_active(cols['users'])} FROM users ORDER BY id"
+        f"SELECT id, username, {_active(user_cols)} FROM users ORDER BY id"
     ):
         if not isinstance(username, str) or not username.strip():
             continue
@@ -184,9 +205,15 @@ def _query(conn: sqlite3.Connection) -> AuthDb:
         UserEntry(name, _union([g for _, g in rows]), disabled=not any(a for a, _ in rows))
         for name, rows in by_name.items()
     )
+    return owners, users
+
+
+def _keys(
+    conn: sqlite3.Connection, key_cols: set[str], owners: dict[int, _Owner]
+) -> tuple[list[AuthDbKey], int]:
+    """The keys a token can match, and how many rows were skipped (bad key_hash, owner gone)."""
     keys: list[AuthDbKey] = []
     skipped = 0
-    key_cols = cols["api_keys"]
     select = ", ".join(_col(key_cols, c) for c in ("key_prefix", "name", "expires_at", "created_at"))
     for user_id, key_hash, enabled, prefix, name, expires_at, created_at in conn.execute(
         f"SELECT user_id, key_hash, {_col(key_cols, 'enabled', missing='1')}, {select} FROM api_keys"
@@ -208,7 +235,7 @@ def _query(conn: sqlite3.Connection) -> AuthDb:
                 created_at=_utc(created_at),
             )
         )
-    return AuthDb(tuple(keys), users, skipped)
+    return keys, skipped
 
 
 def _columns(conn: sqlite3.Connection, table: str) -> set[str]:

@@ -217,32 +217,40 @@ def _walk(root: Any, loc: Sequence[str | int], stop_at_union: bool = False) -> t
             metadata.extend(tp.__metadata__)
             tp = get_args(tp)[0]
             continue
-        origin = get_origin(tp)
-        if origin in (Union, types.UnionType):
+        if get_origin(tp) in (Union, types.UnionType):
             members = _members(tp)
             if stop_at_union and not segs and members:
                 return tp, metadata
-            chosen = next((m for m in members if segs and (t := model_tag(m)) and t[1] == segs[0]), None)
-            if chosen is not None:
-                segs.pop(0)
-                tp = chosen
-            else:
-                tp = next((a for a in get_args(tp) if a is not type(None)), tp)
+            tp = _union_member(tp, members, segs)
             continue
         if not segs:
             return tp, metadata
-        seg = segs.pop(0)
-        metadata = []
-        if isinstance(tp, type) and issubclass(tp, BaseModel):
-            found = [(n, i) for n, i in tp.model_fields.items() if (i.alias or n) == seg]
-            if not found:
-                continue  # a tag or pydantic's own segment
-            info = found[0][1]
-            tp = info.annotation
-            metadata = list(info.metadata)
-        elif origin in (tuple, list, frozenset, set) and isinstance(seg, int):
-            tp = get_args(tp)[0]
-        elif origin in (dict, Mapping, typing.Mapping):
-            tp = str if seg == "[key]" else get_args(tp)[1]
-        else:
-            return tp, metadata
+        below = _descend(tp, segs.pop(0))
+        if below is None:
+            return tp, []
+        tp, metadata = below
+
+
+def _union_member(tp: Any, members: list[type[BaseModel]], segs: list[str | int]) -> Any:
+    """The member the next segment names by its tag (taken off `segs`), else the first non-None one."""
+    chosen = next((m for m in members if segs and (t := model_tag(m)) and t[1] == segs[0]), None)
+    if chosen is not None:
+        segs.pop(0)
+        return chosen
+    return next((a for a in get_args(tp) if a is not type(None)), tp)
+
+
+def _descend(tp: Any, seg: str | int) -> tuple[Any, list[Any]] | None:
+    """The annotation one segment below `tp` and its metadata; None when nothing is below."""
+    origin = get_origin(tp)
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        found = [(n, i) for n, i in tp.model_fields.items() if (i.alias or n) == seg]
+        if not found:
+            return tp, []  # a tag or pydantic's own segment: stay
+        info = found[0][1]
+        return info.annotation, list(info.metadata)
+    if origin in (tuple, list, frozenset, set) and isinstance(seg, int):
+        return get_args(tp)[0], []
+    if origin in (dict, Mapping, typing.Mapping):
+        return (str if seg == "[key]" else get_args(tp)[1]), []
+    return None

@@ -42,7 +42,7 @@ import json
 import math
 import re
 from bisect import bisect_right
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Network, IPv6Network
 
@@ -309,17 +309,25 @@ class KeyRegistry:
         candidates = self._by_prefix.get(prefix, ())
         if not candidates or not (user or name):
             return None
-        exact = [e for e in candidates if user and name and e.owner == user and e.name == name]
-        if len(exact) == 1:
-            return exact[0]
-        # An entry fits unless the hint contradicts it (another owner, another key name).
-        fits = [
-            e for e in candidates if e.owner in (None, user or e.owner) and e.name in (None, name or e.name)
-        ]
+        exact = _exact_hint_match(candidates, user, name)
+        if exact is not None:
+            return exact
+        fits = _hint_fits(candidates, user, name)
         owned = [e for e in fits if e.owner == user]
         if user and len(owned) == 1:
             return owned[0]
         return fits[0] if len(fits) == 1 else None
+
+
+def _exact_hint_match(candidates: Sequence[KeyEntry], user: str, name: str) -> KeyEntry | None:
+    """The only entry whose owner and key name are the hint's, if exactly one is."""
+    exact = [e for e in candidates if user and name and e.owner == user and e.name == name]
+    return exact[0] if len(exact) == 1 else None
+
+
+def _hint_fits(candidates: Sequence[KeyEntry], user: str, name: str) -> list[KeyEntry]:
+    """The entries the hint does not contradict (another owner, another key name)."""
+    return [e for e in candidates if e.owner in (None, user or e.owner) and e.name in (None, name or e.name)]
 
 
 def _unknown(kind: CredentialKind, fingerprint: str | None) -> _Resolution:
@@ -341,33 +349,48 @@ def _fingerprint(text: str) -> str:
 
 def _jwt_claims(token: str) -> tuple[str | None, float | None]:
     """`sub` and `exp` of a JWT payload; (None, None) for anything that is not one. Never raises."""
+    raw = _jwt_payload(token)
+    if raw is None:
+        return None, None
+    sub, exp = _payload_claims(raw)
+    if not isinstance(sub, str) or not sub:
+        return None, None
+    return sub, _exp_seconds(exp)
+
+
+def _jwt_payload(token: str) -> bytes | None:
+    """The decoded payload of a JWT-shaped token; None when it is not one (or too long to decode)."""
     parts = token.split(".", 2)
     if len(token) > _JWT_MAX or len(parts) < 2 or not _B64URL.fullmatch(parts[1]):
-        return None, None
+        return None
     payload = parts[1][: len(parts[1]) - 1] if len(parts[1]) % 4 == 1 else parts[1]
     try:
-        raw = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
+        return base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
     except (binascii.Error, ValueError):
-        return None, None
+        return None
+
+
+def _payload_claims(raw: bytes) -> tuple[object, object]:
+    """`sub` and `exp` as the payload has them, not checked yet."""
     try:
         claims = json.loads(raw)
     except (ValueError, RecursionError):
         claims = None
     if isinstance(claims, dict):
-        sub, exp = claims.get("sub"), claims.get("exp")
-    else:
-        # A gateway that truncates the header (HAProxy's capture length) cuts the payload: read
-        # what is left. Safe: the user must still be known, and signatures are never checked anyway.
-        text = raw.decode("utf-8", "replace")
-        sub_m, exp_m = _SUB.search(text), _EXP.search(text)
-        sub = sub_m.group(1) if sub_m else None
-        exp = float(exp_m.group(1)) if exp_m else None
-    if not isinstance(sub, str) or not sub:
-        return None, None
+        return claims.get("sub"), claims.get("exp")
+    # A gateway that truncates the header (HAProxy's capture length) cuts the payload: read
+    # what is left. Safe: the user must still be known, and signatures are never checked anyway.
+    text = raw.decode("utf-8", "replace")
+    sub_m, exp_m = _SUB.search(text), _EXP.search(text)
+    return (sub_m.group(1) if sub_m else None), (float(exp_m.group(1)) if exp_m else None)
+
+
+def _exp_seconds(exp: object) -> float | None:
+    """`exp` as a finite number of seconds; None for anything else."""
     if isinstance(exp, bool) or not isinstance(exp, int | float):
-        return sub, None
+        return None
     try:
         exp_f = float(exp)
     except OverflowError:
-        return sub, None
-    return sub, exp_f if math.isfinite(exp_f) else None
+        return None
+    return exp_f if math.isfinite(exp_f) else None

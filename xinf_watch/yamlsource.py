@@ -91,12 +91,7 @@ class Document:
 
 def load_document(path: Path, name: str) -> Document:
     """Read and compose `path`; raise `ConfigError` when it cannot be read or is not YAML."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError([f"{name}: cannot read: not UTF-8 text ({exc.reason})"]) from None
-    except OSError as exc:
-        raise ConfigError([f"{name}: cannot read: {exc.strerror or exc}"]) from None
+    text = _read_text(path, name)
     loader: yaml.SafeLoader | None = None
     try:
         node, loader = compose(text)
@@ -106,18 +101,32 @@ def load_document(path: Path, name: str) -> Document:
             doc.data = _build(node, (), doc, loader)
         return doc
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else 1
-        where = f" at column {mark.column + 1}" if mark else ""
-        what = (exc.problem or exc.context or "invalid YAML").removeprefix("but ")
-        if exc.problem and exc.context and exc.context_mark and exc.context_mark.line + 1 != line:
-            what = f"{exc.context} from line {exc.context_mark.line + 1}: {what}"
-        raise ConfigError([f"{name}:{line}: (yaml): {what}{where} (expected valid YAML syntax)"]) from None
+        raise _syntax_error(name, exc) from None
     except yaml.YAMLError as exc:
         raise ConfigError([f"{name}:1: (yaml): {exc} (expected valid YAML syntax)"]) from None
     finally:
         if loader is not None:
             loader.dispose()
+
+
+def _read_text(path: Path, name: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{name}: cannot read: not UTF-8 text ({exc.reason})"]) from None
+    except OSError as exc:
+        raise ConfigError([f"{name}: cannot read: {exc.strerror or exc}"]) from None
+
+
+def _syntax_error(name: str, exc: yaml.MarkedYAMLError) -> ConfigError:
+    """The one-line error for a YAML syntax error, at its line and column."""
+    mark = exc.problem_mark or exc.context_mark
+    line = mark.line + 1 if mark else 1
+    where = f" at column {mark.column + 1}" if mark else ""
+    what = (exc.problem or exc.context or "invalid YAML").removeprefix("but ")
+    if exc.problem and exc.context and exc.context_mark and exc.context_mark.line + 1 != line:
+        what = f"{exc.context} from line {exc.context_mark.line + 1}: {what}"
+    return ConfigError([f"{name}:{line}: (yaml): {what}{where} (expected valid YAML syntax)"])
 
 
 def _build(node: yaml.Node, loc: Loc, doc: Document, loader: yaml.SafeLoader) -> Any:
