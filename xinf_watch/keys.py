@@ -309,25 +309,21 @@ class KeyRegistry:
         candidates = self._by_prefix.get(prefix, ())
         if not candidates or not (user or name):
             return None
-        exact = _exact_hint_match(candidates, user, name)
-        if exact is not None:
-            return exact
-        fits = _hint_fits(candidates, user, name)
-        owned = [e for e in fits if e.owner == user]
-        if user and len(owned) == 1:
-            return owned[0]
-        return fits[0] if len(fits) == 1 else None
+        if user and name:
+            exact = [e for e in candidates if e.owner == user and e.name == name]
+            if len(exact) == 1:
+                return exact[0]
+        return _fitting_hint_match(candidates, user, name)
 
 
-def _exact_hint_match(candidates: Sequence[KeyEntry], user: str, name: str) -> KeyEntry | None:
-    """The only entry whose owner and key name are the hint's, if exactly one is."""
-    exact = [e for e in candidates if user and name and e.owner == user and e.name == name]
-    return exact[0] if len(exact) == 1 else None
-
-
-def _hint_fits(candidates: Sequence[KeyEntry], user: str, name: str) -> list[KeyEntry]:
-    """The entries the hint does not contradict (another owner, another key name)."""
-    return [e for e in candidates if e.owner in (None, user or e.owner) and e.name in (None, name or e.name)]
+def _fitting_hint_match(candidates: Sequence[KeyEntry], user: str, name: str) -> KeyEntry | None:
+    """Among the entries the hint does not contradict (another owner, another key name): the only
+    one of the hint's user, else the only one."""
+    fits = [e for e in candidates if e.owner in (None, user or e.owner) and e.name in (None, name or e.name)]
+    owned = [e for e in fits if e.owner == user]
+    if user and len(owned) == 1:
+        return owned[0]
+    return fits[0] if len(fits) == 1 else None
 
 
 def _unknown(kind: CredentialKind, fingerprint: str | None) -> _Resolution:
