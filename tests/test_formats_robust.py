@@ -248,3 +248,47 @@ def test_no_parser_regex_repeats_a_group_possessively() -> None:
             if re.search(r"\)[*+?]\+", line) and not line.lstrip().startswith("#"):
                 offenders.append(f"{module.name}:{number}: {line.strip()}")
     assert offenders == []
+
+
+BYTE_FIELD = {  # a real line of each format, and how to put a byte count into it
+    "nginx-combined_key": (NGINX_LINES[0], re.compile(r'(?<=" \d{3} )\d+(?= ")')),
+    "regex": (NGINX_LINES[0], re.compile(r'(?<=" \d{3} )\d+(?= ")')),
+    "json-caddy": (
+        (FIXTURES / "caddy" / "access.log").read_text().splitlines()[0],
+        re.compile(r'(?<="size":)\d+'),
+    ),
+    "json-nginx-json": (
+        (FIXTURES / "nginx" / "access_json.log").read_text().splitlines()[0],
+        re.compile(r'(?<="body_bytes_sent":)"?\d+'),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BYTE_FIELD))
+def test_a_byte_count_no_response_has_is_dropped_so_sums_stay_inside_64_bits(name: str) -> None:
+    """A line claiming 10 TB or more keeps its request but loses its byte count: summed over a
+    flood of such lines, real-looking counts would outgrow what the state database keeps."""
+    line, field = BYTE_FIELD[name]
+    parse = build_parser(**SETTINGS[name])
+    assert field.search(line), f"{name}: no byte count in the fixture line"
+    for count, kept in ((10**13 - 1, True), (10**13, False), (10**19, False), (2**70, False)):
+        quote = '"' if field.search(line).group().startswith('"') else ""  # type: ignore[union-attr]
+        record = parse(field.sub(quote + str(count), line, 1))
+        assert isinstance(record, Record), (name, count)
+        assert record.bytes == (count if kept else None), (name, count)
+
+
+def test_response_bytes_saturate_instead_of_outgrowing_the_state() -> None:
+    from xinf_watch.metrics import COUNTER_MAX, MetricsStore
+    from xinf_watch.model import CredentialKind, Event, KeyState, Outcome
+
+    store = MetricsStore()
+    event = Event(ts=0.0, source="gw", ip="10.0.0.1", ip_forwarded=False, method="GET", path="/v1/models",
+                  status=200, outcome=Outcome.ALLOWED, reason=None, credential=CredentialKind.API_KEY,
+                  key="k", owner=None, key_state=KeyState.VALID, scope="models:list", scope_allowed=True,
+                  ip_allowed=None, duration=None, bytes=10**13 - 1, user_agent=None,
+                  request_id=None)  # fmt: skip
+    for _ in range(1_000_000):
+        store.observe(event)
+    assert store.response_bytes[("gw", "k", "models:list")] == COUNTER_MAX
+    orjson.dumps(store.snapshot())  # raises on an int past 64 bits

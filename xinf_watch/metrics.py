@@ -35,6 +35,7 @@ DURATION_BUCKETS: tuple[float, ...] = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5
 CLIENT_IP_WINDOW = 24 * 3600.0
 _ONE_SHOT_KINDS = frozenset({"match", "new_value"})
 MAX_IPS_PER_KEY = 4096
+COUNTER_MAX = 2**63 - 1  # a sum saturates here rather than outgrow what JSON and SQLite keep exactly
 
 
 class MetricsStore:
@@ -68,7 +69,8 @@ class MetricsStore:
         self.requests[k4] = self.requests.get(k4, 0) + 1
         if event.bytes:
             k3 = (event.source, key, event.scope)
-            self.response_bytes[k3] = self.response_bytes.get(k3, 0) + event.bytes
+            total = self.response_bytes.get(k3, 0) + event.bytes
+            self.response_bytes[k3] = total if total < COUNTER_MAX else COUNTER_MAX
         if event.duration is not None:
             k2 = (event.source, event.scope)
             hist = self.durations.get(k2)

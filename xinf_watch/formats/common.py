@@ -51,11 +51,22 @@ def split_request(request: str) -> tuple[str, str]:
     return method, rest  # HTTP/0.9, or a request line cut short
 
 
+# A byte count of 14 digits (10 TB) or more in one line is no real response: such a field is
+# dropped, so that the metrics' sums of them stay well inside 64 bits (JSON, the state database).
+BYTE_DIGITS = 13
+MAX_BYTES = 10**BYTE_DIGITS
+
+
 def to_int(text: str | None) -> int | None:
     """A non-negative decimal integer (ASCII digits only), else None."""
     if text is None or len(text) > 20 or not text.isascii() or not text.isdigit():
         return None
     return int(text)
+
+
+def byte_count(text: str | None) -> int | None:
+    """A byte count as logged (ASCII digits, at most `BYTE_DIGITS`), else None."""
+    return to_int(text) if text is not None and len(text) <= BYTE_DIGITS else None
 
 
 def to_float(text: str | None) -> float | None:

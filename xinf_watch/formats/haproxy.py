@@ -35,7 +35,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from xinf_watch.formats.common import Parser, split_request, unescape_haproxy
+from xinf_watch.formats.common import BYTE_DIGITS, Parser, split_request, unescape_haproxy
 from xinf_watch.formats.timeparse import LastValueCache, parse_clf
 from xinf_watch.model import LineResult, Record
 
@@ -145,7 +145,7 @@ def compile_haproxy(fields: Mapping[str, str] | None = None) -> Parser:
             path=path,
             status=status,
             credential=credential,
-            bytes=int(bytes_text) if bytes_text.isdigit() and len(bytes_text) < 20 else None,
+            bytes=int(bytes_text) if bytes_text.isdigit() and len(bytes_text) <= BYTE_DIGITS else None,
             duration=int(total_time) / 1000 if total_time.isdigit() and len(total_time) < 20 else None,
             user_agent=capture(values, user_agent_at),
             request_id=capture(values, request_id_at),

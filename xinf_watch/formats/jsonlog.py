@@ -34,7 +34,16 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from xinf_watch.formats.common import ABSENT, Parser, go_duration, json_object, split_request, to_float
+from xinf_watch.formats.common import (
+    ABSENT,
+    MAX_BYTES,
+    Parser,
+    byte_count,
+    go_duration,
+    json_object,
+    split_request,
+    to_float,
+)
 from xinf_watch.formats.timeparse import LastValueCache, epoch_seconds, parse_any
 from xinf_watch.model import LineResult, Record
 
@@ -234,12 +243,10 @@ def _status(value: Any) -> int | None:
 
 
 def _bytes(value: Any) -> int | None:
-    if type(value) is int:
-        return value
-    if type(value) is str and value.isascii() and value.isdigit() and len(value) < 20:
-        return int(value)
-    if type(value) is float and math.isfinite(value):
-        return int(value)
+    if type(value) is int or (type(value) is float and math.isfinite(value)):
+        return int(value) if 0 <= value < MAX_BYTES else None
+    if type(value) is str:
+        return byte_count(value)
     return None
 
 

@@ -31,7 +31,15 @@ from types import MappingProxyType
 
 import orjson
 
-from xinf_watch.formats.common import ABSENT, Parser, split_request, sum_of_times, to_float, unescape_nginx
+from xinf_watch.formats.common import (
+    ABSENT,
+    BYTE_DIGITS,
+    Parser,
+    split_request,
+    sum_of_times,
+    to_float,
+    unescape_nginx,
+)
 from xinf_watch.formats.timeparse import LastValueCache, parse_clf, parse_iso8601
 from xinf_watch.model import LineResult, Record
 
@@ -275,7 +283,7 @@ def _build_parser(
             path,
             int(status_text),
             None if credential in ABSENT else unescape(credential),
-            int(bytes_text) if bytes_text.isdigit() and len(bytes_text) < 20 else None,
+            int(bytes_text) if bytes_text.isdigit() and len(bytes_text) <= BYTE_DIGITS else None,
             duration,
             None if user_agent in ABSENT else unescape(user_agent),
             None if request_id in ABSENT else unescape(request_id),

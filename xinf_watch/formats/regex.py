@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 
-from xinf_watch.formats.common import ABSENT, Parser, split_request, to_float, to_int
+from xinf_watch.formats.common import ABSENT, Parser, byte_count, split_request, to_float
 from xinf_watch.formats.timeparse import LastValueCache, parse_any
 from xinf_watch.model import LineResult, Record
 from xinf_watch.userregex import UserRegex
@@ -95,7 +95,7 @@ def _build_parser(compiled: UserRegex) -> Parser:
             path=path,
             status=int(status_text),
             credential=optional(groups, "credential"),
-            bytes=to_int(optional(groups, "bytes")),
+            bytes=byte_count(optional(groups, "bytes")),
             duration=to_float(duration),
             user_agent=optional(groups, "user_agent"),
             request_id=optional(groups, "request_id"),
