@@ -31,6 +31,7 @@ Around the loop:
 from __future__ import annotations
 
 import logging
+import secrets
 import signal
 import socket
 import threading
@@ -284,7 +285,7 @@ class Daemon:
     def _fleet(config: Config, saved: dict[str, Any] | None) -> FleetSync | None:
         if config.state.shared is None:
             return None
-        feed = FleetFeed(config.state.instance or socket.gethostname())
+        feed = FleetFeed(config.state.instance or socket.gethostname(), run=secrets.token_hex(4))
         feed.restore(saved)
         return FleetSync(feed, SharedLink(config.state.shared), log)
 

@@ -9,10 +9,13 @@ an alert (id and status) sends it; the others drop it. A burst spread by a load 
 three gateways is one burst, and a key seen by one gateway is not new on the next.
 
 Each entry carries its source's index of its first event (per instance and source, counted from
-the first event ever published). An instance feeds its engine each (instance, source) index once:
-an entry published twice (a crash between publishing and committing the read position reads the
-lines again) counts once, and so do the events an instance fed to its engine directly while the
-stream was unreachable (local mode) when they reach the stream later.
+the first event ever published), and its writer: the instance's name and the run of its state (a
+token made when the instance starts without saved state, so that one that lost its state counts
+from 0 again as a new writer rather than be skipped until it passes its old indexes). An
+instance feeds its engine each (writer, source) index once: an entry published twice (a crash
+between publishing and committing the read position reads the lines again) counts once, and so
+do the events an instance fed to its engine directly while the stream was unreachable (local
+mode) when they reach the stream later.
 
 Local mode: while the stream is unreachable the instance goes on alone: its own events go straight
 into its engine and wait (bounded: `KEEP_EVENTS`) to be published, and the alerts it makes are sent
@@ -78,13 +81,7 @@ class Entry:
         """A header line `[version, instance, source, first]`, then the events' rows: a reader
         sees whose entry it is without parsing the events."""
         header = orjson.dumps([WIRE_VERSION, self.instance, self.source, self.first])
-        rows = [event_row(e) for e in self.events]
-        try:
-            body = orjson.dumps(rows)
-        except TypeError:  # an int past 64 bits (a byte count a client wrote in its line): None
-            body = orjson.dumps([[None if type(v) is int and not -(2**63) <= v < 2**64 else v for v in row]
-                                 for row in rows])  # fmt: skip
-        return header + b"\n" + body
+        return header + b"\n" + orjson.dumps([event_row(e) for e in self.events])
 
     @staticmethod
     def header(payload: bytes) -> tuple[str, str, int, bytes]:
@@ -120,10 +117,11 @@ class FleetFeed:
     """This instance's side of the stream: events to publish, entries to feed, claims to make."""
 
     instance: str
+    run: str = ""  # the token of this state's run (see the module docstring); kept by restore()
     keep_events: int = KEEP_EVENTS
     last_id: str | None = None  # the last stream entry fed to the engine (None: none yet)
     next_index: dict[str, int] = field(default_factory=dict)  # per own source: the next event's index
-    fed: dict[tuple[str, str], int] = field(default_factory=dict)  # (instance, source): next index to feed
+    fed: dict[tuple[str, str], int] = field(default_factory=dict)  # (writer, source): next index to feed
     pending: deque[Entry] = field(default_factory=deque)  # own entries not yet in the stream
     # own entries published and not read back yet, with their payloads: their events need no decoding
     in_flight: dict[tuple[str, int], tuple[bytes, list[Event]]] = field(default_factory=dict)
@@ -133,13 +131,18 @@ class FleetFeed:
     dropped: int = 0  # own events never published: more than keep_events waited
     invalid: int = 0  # stream entries that were not ours to read (garbage, another version)
 
+    @property
+    def writer(self) -> str:
+        """This instance as its entries name it: its name and the run of its state."""
+        return f"{self.instance}/{self.run}" if self.run else self.instance
+
     def add(self, source: str, events: list[Event]) -> None:
         """Own events of `source`, in the order they were read, to publish."""
         if not events:
             return
         first = self.next_index.get(source, 0)
         self.next_index[source] = first + len(events)
-        self.pending.append(Entry(self.instance, source, first, events))
+        self.pending.append(Entry(self.writer, source, first, events))
         self._bound()
 
     def pending_events(self) -> int:
@@ -161,7 +164,7 @@ class FleetFeed:
         self.last_id = entry_id
         try:
             instance, source, first, _ = Entry.header(payload)
-            own = self.in_flight.get((source, first)) if instance == self.instance else None
+            own = self.in_flight.get((source, first)) if instance == self.writer else None
             # only this very payload: a copy an earlier run published under the same index (a crash
             # before the commit) may hold fewer events, and is fed as the other instances feed it
             if own is not None and own[0] == payload:
@@ -211,6 +214,7 @@ class FleetFeed:
     def snapshot(self) -> dict[str, Any]:
         return {
             "last_id": self.last_id,
+            "run": self.run,
             "next_index": dict(self.next_index),
             "fed": [[instance, source, n] for (instance, source), n in self.fed.items()],
             "pending": [entry.encode().decode() for entry in self.pending],
@@ -223,6 +227,7 @@ class FleetFeed:
         if not data:
             return
         self.last_id = data.get("last_id")
+        self.run = str(data.get("run", self.run))
         self.next_index = {str(k): int(v) for k, v in data.get("next_index", {}).items()}
         self.fed = {(str(i), str(s)): int(n) for i, s, n in data.get("fed", ())}
         self.pending = deque(Entry.decode(p.encode()) for p in data.get("pending", ()))
