@@ -12,10 +12,13 @@ Reported: lines/s written; lines/s processed while writing (`xinf_watch_lines_to
 what the daemon was behind when the writer stopped (lines, and `xinf_watch_source_lag_bytes`);
 how long it took to get to zero (waiting at most --drain seconds); the daemon's RSS
 (/proc/PID/status VmRSS) idle before the run, the largest sample during it (every --sample s),
-its VmHWM (the kernel's peak), and idle after catching up.
+its VmHWM (the kernel's peak), and idle after catching up. With --notify the rules' `ops` group
+has one apprise URL (json:// to a local receiver: apprise and its plugins loaded, as in a deployment
+that notifies); without it the group is empty and the daemon never loads apprise.
 
     python bench/live.py                      # 30 s
     python bench/live.py --seconds 2 --rate 5000 --pool 2000   # what tests/test_bench.py runs
+    python bench/live.py --notify             # the same with a notify URL
 """
 
 from __future__ import annotations
@@ -36,8 +39,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 from gen_combined_key import Traffic, combined_key  # noqa: E402
-from harness import DaemonProcess, Metrics, Workspace, total  # noqa: E402
+from harness import DaemonProcess, Metrics, Workspace, json_url, total  # noqa: E402
 from latency import machine  # noqa: E402
+from receivers import HTTPReceiver  # noqa: E402
 
 SHIPPED_RULES = HERE.parent / "rules" / "rules.yaml"
 MIX = {"keys": 40, "addresses": 2000}  # and 4 % 401, 1 % 403: as bench/throughput.py's log
@@ -142,18 +146,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--rate", type=float, help="at most this many lines/s (default: as fast as it can)")
     ap.add_argument("--settle", type=float, default=1.0, help="idle seconds before the RSS before and after")
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument(
+        "--notify", action="store_true", help="the ops group gets a json:// URL to a local receiver"
+    )
     args = ap.parse_args(argv)
     print(f"machine: {machine()}", flush=True)
 
     traffic = Traffic(args.seed, **MIX, p401=0.04, p403=0.01)
     pool = render_pool(traffic, args.pool)
     shipped = yaml.safe_load(SHIPPED_RULES.read_text(encoding="utf-8"))
+    receiver = HTTPReceiver().start() if args.notify else None
     with tempfile.TemporaryDirectory(prefix="xinf-watch-live-") as tmp:
         ws = Workspace(Path(tmp))
         keys = ws.root / "keys.yaml"
         keys.write_text(traffic.keys_yaml())
         ws.log.touch()
-        ws.write_rules(rules=shipped["rules"], keys=[keys], notify={"ops": []}, networks=shipped["networks"])
+        notify = {"ops": [json_url(receiver, "live")] if receiver is not None else []}
+        ws.write_rules(rules=shipped["rules"], keys=[keys], notify=notify, networks=shipped["networks"])
         daemon = DaemonProcess(ws.rules, ws.root, ws.port, args=["--log-level", "info"])
         try:
             daemon.start()
@@ -189,15 +198,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             daemon.terminate(timeout=30)
         finally:
             daemon.close()
+            if receiver is not None:
+                receiver.stop()
 
     took = writer.finished - writer.started
     during = [n for at, n in sampler.counts if at <= writer.finished]
     processed_writing = processed(at_stop)
     parsed = int(total(final, "xinf_watch_lines_total", result="parsed"))
     capped = f", at most {args.rate:g}/s" if args.rate else ""
+    notified = f"notify: json:// ({len(receiver.requests)} messages received)" if receiver else "notify: none"
     print(
         f"\n{took:.1f} s of writing, shipped rules ({len(shipped['rules'])}), pool of {args.pool:,} "
-        f"requests, one write(2) per line{capped}; {len(during)} samples while writing\n"
+        f"requests, one write(2) per line{capped}; {notified}; {len(during)} samples while writing\n"
     )
     print("| measurement | value |")
     print("| --- | ---: |")

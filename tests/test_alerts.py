@@ -28,6 +28,7 @@ from xinf_watch.alerts import (
     DeliveryError,
     Refresher,
     Target,
+    _apprise_schemes,
     alertmanager_alert,
     alerts_in,
     build_targets,
@@ -42,6 +43,7 @@ from xinf_watch.state import Outbox, StateStore
 @pytest.fixture(autouse=True)
 def no_apprise_throttle(monkeypatch: pytest.MonkeyPatch) -> None:
     """apprise sleeps between two sends of one plugin (e.g. 5.5 s for email): not in tests."""
+    _apprise_schemes()  # apprise's plugins, loaded as xinf_watch loads them (on first use)
     for plugin in NotificationManager().plugins():  # type: ignore[no-untyped-call]
         for cls in plugin.__mro__:
             if "request_rate_per_sec" in vars(cls):

@@ -62,17 +62,18 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.error import HTTPError, URLError
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-import apprise
 import orjson
-from apprise.manager_plugins import NotificationManager
 
 from xinf_watch.model import ONE_OFF_KINDS, Alert, format_ts
 from xinf_watch.state import Outbox, OutboxItem, is_storage_error
 from xinf_watch.visible import visible, visible_json
+
+if TYPE_CHECKING:
+    import apprise
 
 ALERTMANAGER = "alertmanager"  # the target name of the Alertmanager, beside the notify group names
 IDLE_WAIT = 60.0  # seconds the sender sleeps when nothing is pending (a commit wakes it sooner)
@@ -86,12 +87,6 @@ KEEP_DELIVERED = 7 * 86400.0  # delivered outbox rows are kept this long for de-
 _LABEL_BAD = re.compile(r"[^a-zA-Z0-9_]")
 _URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://\S*")
 
-with warnings.catch_warnings():
-    # apprise loads its plugins on first use; one imports `imghdr`, deprecated since Python 3.11.
-    # Load them now, once, so that warning (not ours to fix) does not surface at the first send.
-    warnings.simplefilter("ignore", DeprecationWarning)
-    NotificationManager().load_modules()  # type: ignore[no-untyped-call]
-_SCHEMES = frozenset(str(s).lower() for s in NotificationManager().schemas())  # type: ignore[no-untyped-call]
 _PORT = re.compile(r"^(?:.*@)?(?:\[[^\]]*\]|[^:\[\]]*):(\d+)$")  # the port of a netloc, if it has one
 
 _STANDARD = ("rule", "kind", "severity", "status", "group", "key", "count", "first_ts", "last_ts",
@@ -166,12 +161,27 @@ def alerts_in(body: str) -> list[dict[str, Any]]:
 # -- apprise ------------------------------------------------------------------------------------
 
 
+@functools.cache
+def _apprise_schemes() -> frozenset[str]:
+    """The URL schemes of apprise's plugins, lowercase. The first call imports apprise and loads all
+    its plugins (with requests, about 30 MiB): only notify URLs and targets call it, so a daemon
+    without notify URLs never holds them."""
+    from apprise.manager_plugins import NotificationManager
+
+    with warnings.catch_warnings():
+        # one plugin imports `imghdr`, deprecated since Python 3.11: loading them all here, once,
+        # keeps that warning (not ours to fix) from surfacing at the first send
+        warnings.simplefilter("ignore", DeprecationWarning)
+        NotificationManager().load_modules()  # type: ignore[no-untyped-call]
+    return frozenset(str(s).lower() for s in NotificationManager().schemas())  # type: ignore[no-untyped-call]
+
+
 def notify_url_problem(url: str) -> str | None:
     """Why apprise cannot use a notify group's URL (its ${VAR}s replaced), as the text of a config
     error that names the scheme and nothing else of the URL (the rest may be secret); None when it
     can. Config validation calls it, so apprise is imported here only."""
     scheme, _, rest = url.partition("://")
-    if scheme.lower() not in _SCHEMES:
+    if scheme.lower() not in _apprise_schemes():
         shown = f'"{visible(scheme)}://"' if len(scheme) <= 20 else "this scheme"
         return f"{shown} is not an apprise scheme (expected one apprise knows, e.g. json://, mailto://)"
     port = _PORT.match(re.split(r"[/?#]", rest, maxsplit=1)[0])
@@ -230,10 +240,12 @@ def _apprise_log() -> _AppriseLog:
 
 
 def _notify_type(alerts: Sequence[dict[str, Any]]) -> apprise.NotifyType:
+    from apprise import NotifyType  # imported by the target that sends
+
     if all(a.get("status") == "resolved" for a in alerts):
-        return apprise.NotifyType.SUCCESS
-    return {"critical": apprise.NotifyType.FAILURE, "warning": apprise.NotifyType.WARNING}.get(
-        str(alerts[0].get("severity")), apprise.NotifyType.INFO
+        return NotifyType.SUCCESS
+    return {"critical": NotifyType.FAILURE, "warning": NotifyType.WARNING}.get(
+        str(alerts[0].get("severity")), NotifyType.INFO
     )
 
 
@@ -245,9 +257,15 @@ class AppriseTarget:
         self.group_interval = group_interval
         self.max_batch = MAX_GROUP if group_interval > 0 else 1
         self._log = _apprise_log()
-        asset = apprise.AppriseAsset(app_id="xinf-watch", app_desc="xinf-watch", storage_mode="memory")
         self._entries: list[tuple[str, apprise.Apprise]] = []
         self.problems: list[str] = []  # entries that could not be loaded: each send fails on them
+        self._done: OrderedDict[tuple[str, str], set[int]] = OrderedDict()
+        if not entries:
+            return  # a group without URLs loads no apprise
+        _apprise_schemes()  # apprise and its plugins, loaded here rather than at the first send
+        import apprise
+
+        asset = apprise.AppriseAsset(app_id="xinf-watch", app_desc="xinf-watch", storage_mode="memory")
         for n, entry in enumerate(entries, 1):
             is_url = "://" in entry
             where = entry.partition("://")[0] + "://" if is_url else entry
@@ -267,10 +285,11 @@ class AppriseTarget:
             else:
                 why = "; ".join(lines) or "not a valid apprise URL or readable apprise config file"
                 self.problems.append(f"{label}: {why}")
-        self._done: OrderedDict[tuple[str, str], set[int]] = OrderedDict()
 
     def send(self, alerts: Sequence[dict[str, Any]]) -> None:
         """One message per URL with the alerts (one group's) that URL has not taken yet."""
+        from apprise import NotifyFormat  # imported by __init__
+
         keys = [(str(a.get("id")), str(a.get("status"))) for a in alerts]
         done = {key: self._done.pop(key, set()) for key in keys}
         failures = list(self.problems)
@@ -283,7 +302,7 @@ class AppriseTarget:
             with self._log.capture() as lines:
                 try:
                     ok = bool(service.notify(body=body, title=title, notify_type=kind,
-                                             body_format=apprise.NotifyFormat.TEXT))  # fmt: skip
+                                             body_format=NotifyFormat.TEXT))  # fmt: skip
                 except Exception as exc:  # apprise plugins are many; one raising is a failed send
                     ok, lines[:] = False, [type(exc).__name__]
             if ok:
