@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import json
 import stat
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -589,3 +591,17 @@ def test_a_critical_alert_is_never_sent_behind_a_flood_of_warnings(
     sent = [alerts for _, alerts in messages(http)]
     assert sent[0] == [critical.to_json()]
     assert [a["id"] for (a,) in sent[1:]] == [f"webui-external-{n:04d}" for n in range(len(sent) - 1)]
+
+
+def test_a_daemon_without_notify_urls_never_imports_apprise() -> None:
+    """apprise with its plugins is ~18 MiB of the daemon's RSS: loaded only for a notify URL."""
+    code = (
+        "import sys\n"
+        "import xinf_watch.cli, xinf_watch.daemon\n"
+        "from xinf_watch.alerts import build_targets\n"
+        "build_targets({'ops': []}, 'http://127.0.0.1:9093')\n"
+        "assert 'apprise' not in sys.modules, 'apprise imported without a notify URL'\n"
+        "build_targets({'ops': ['json://127.0.0.1:9/x']}, None)\n"
+        "assert 'apprise.plugins.custom_json' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
