@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis as redis_client
 from paths import FIXTURES
 from receivers import RedisServer
-from tools import require_program
+from tools import require_module, require_program
 
 from xinf_watch.config import SourceConfig, empty_config, load_config
 from xinf_watch.fleet import FleetFeed, claim_name
@@ -38,6 +37,7 @@ from xinf_watch.sharedlink import (
     redacted,
 )
 
+redis_client = require_module("redis")  # a dependency since state.shared: an older install lacks it
 pytestmark = pytest.mark.system
 
 LINES = (FIXTURES / "nginx/access_combined_key.log").read_text(encoding="utf-8").splitlines()
