@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Alert quality: the shipped rules replayed over simulated weeks with known incidents, every alert scored.
 
-For each seed: `xinf_watch.simulate` writes a week (or --days) of nginx traffic in front of
+For each seed: `xinf_watch.simulate.run` writes a week (or --days) of nginx traffic in front of
 Xinference, its keys.yaml, the rules (--rules, default rules/rules.yaml, pointed at those files)
 and the ground truth into a temporary directory; the log is replayed through the same stages as
-`xinf-watch replay`; `xinf_watch.simscore` scores every firing alert against the truth.
+`xinf-watch replay`; `xinf_watch.simulate.score` scores every firing alert against the truth.
 
 Prints, per seed and in total, per rule: firing alerts, true positives, false positives, expected
 notices, incidents caught / incidents the rule is a catching rule of, false alerts per day; then
@@ -28,8 +28,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from xinf_watch.simscore import RuleScore, Score, replay_alerts, score
-from xinf_watch.simulate import simulate, write_simulation
+from xinf_watch.simulate.run import simulate, write_simulation
+from xinf_watch.simulate.score import RuleScore, Score, replay_alerts, score
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED_RULES = REPO / "rules" / "rules.yaml"

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from xinf_watch.state import Outbox, StateStore
+from xinf_watch.state.store import Outbox, StateStore
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

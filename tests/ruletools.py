@@ -13,10 +13,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from xinf_watch.config import Config, load_config
-from xinf_watch.keys import KeyEntry, KeyRegistry
+from xinf_watch.config.schema import Config, load_config
+from xinf_watch.keys.registry import KeyEntry, KeyRegistry
 from xinf_watch.model import Alert, CredentialKind, Event, KeyState, Outcome
-from xinf_watch.rules import RuleEngine
+from xinf_watch.rules.engine import RuleEngine
 
 T0 = 1795849560.0  # 2026-11-28T07:06:00Z, a whole minute (window buckets start on it)
 

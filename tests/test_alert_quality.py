@@ -1,5 +1,5 @@
-"""Alert quality on simulated traffic (xinf_watch/simulate.py): the shipped rules over three days
-with every kind of incident, scored against the ground truth (simscore.py); and the simulator
+"""Alert quality on simulated traffic (xinf_watch/simulate/run.py): the shipped rules over three days
+with every kind of incident, scored against the ground truth (simulate/score.py); and the simulator
 itself: deterministic, as voluminous and as varied as it claims, every line a valid nginx line.
 
 bench/alert_quality.py runs the same over whole weeks and several seeds.
@@ -22,9 +22,9 @@ import yaml
 
 from xinf_watch.formats import build_parser
 from xinf_watch.model import Record
-from xinf_watch.simincidents import CATCHING_RULES
-from xinf_watch.simscore import replay_alerts, score
-from xinf_watch.simulate import Simulation, simulate, write_simulation
+from xinf_watch.simulate.incidents import CATCHING_RULES
+from xinf_watch.simulate.run import Simulation, simulate, write_simulation
+from xinf_watch.simulate.score import replay_alerts, score
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED_RULES = REPO / "rules" / "rules.yaml"

@@ -20,7 +20,7 @@ from apprise.manager_plugins import NotificationManager
 from receivers import Alertmanager, HTTPReceiver, SMTPReceiver, free_port, wait_until
 from tools import require_program
 
-from xinf_watch.alerts import (
+from xinf_watch.delivery.alerts import (
     ALERTMANAGER,
     MAX_GROUP,
     AlertJournal,
@@ -39,7 +39,7 @@ from xinf_watch.alerts import (
     targets_for,
 )
 from xinf_watch.model import Alert, AlertStatus, Severity, format_ts
-from xinf_watch.state import Outbox, StateStore
+from xinf_watch.state.store import Outbox, StateStore
 
 
 @pytest.fixture(autouse=True)
@@ -597,8 +597,8 @@ def test_a_daemon_without_notify_urls_never_imports_apprise() -> None:
     """apprise with its plugins is ~18 MiB of the daemon's RSS: loaded only for a notify URL."""
     code = (
         "import sys\n"
-        "import xinf_watch.cli, xinf_watch.daemon\n"
-        "from xinf_watch.alerts import build_targets\n"
+        "import xinf_watch.app.cli, xinf_watch.app.daemon\n"
+        "from xinf_watch.delivery.alerts import build_targets\n"
         "build_targets({'ops': []}, 'http://127.0.0.1:9093')\n"
         "assert 'apprise' not in sys.modules, 'apprise imported without a notify URL'\n"
         "build_targets({'ops': ['json://127.0.0.1:9/x']}, None)\n"

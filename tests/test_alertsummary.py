@@ -18,14 +18,14 @@ import orjson
 import pytest
 from paths import FIXTURES
 
-from xinf_watch.alertsummary import format_table, summarize, to_json
-from xinf_watch.cli import main
-from xinf_watch.config import load_config
-from xinf_watch.keyfiles import load_registry
-from xinf_watch.metrics import MetricsStore
+from xinf_watch.app.alertsummary import format_table, summarize, to_json
+from xinf_watch.app.cli import main
+from xinf_watch.app.pipeline import Pipeline
+from xinf_watch.app.replay import ReplayInput, replay
+from xinf_watch.config.schema import load_config
+from xinf_watch.keys.files import load_registry
+from xinf_watch.metrics.store import MetricsStore
 from xinf_watch.model import Alert
-from xinf_watch.pipeline import Pipeline
-from xinf_watch.replay import ReplayInput, replay
 
 REPO = Path(__file__).resolve().parents[1]
 RULES = REPO / "examples" / "rules.yaml"

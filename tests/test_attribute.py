@@ -1,4 +1,4 @@
-"""Attribution's per-combination plans (attribute.py): what is worked out once per distinct
+"""Attribution's per-combination plans (attribution/attribute.py): what is worked out once per distinct
 (credential kind, key state, permissions, method, path, status) must follow a key file reload,
 and stay bounded whatever paths an attacker sends."""
 
@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from ipaddress import ip_network
 
-from xinf_watch.attribute import PLAN_CACHE_LIMIT, Attributor
-from xinf_watch.keys import KeyEntry, KeyRegistry, sha256_hex
+from xinf_watch.attribution.attribute import PLAN_CACHE_LIMIT, Attributor
+from xinf_watch.attribution.scopes import load_scope_map
+from xinf_watch.keys.registry import KeyEntry, KeyRegistry, sha256_hex
 from xinf_watch.model import Record, ScopeDenial
-from xinf_watch.scopes import load_scope_map
 
 T0 = 1795849560.0
 KEY = "sk-AAAAAAAAAAAAA"

@@ -27,10 +27,10 @@ from typing import Any
 import pytest
 from paths import FIXTURES
 
-from xinf_watch import authdb
-from xinf_watch.keyfiles import KeyFileError, load_registry
-from xinf_watch.keys import KeyRegistry
-from xinf_watch.keysources import KeySources
+from xinf_watch.keys import authdb
+from xinf_watch.keys.files import KeyFileError, load_registry
+from xinf_watch.keys.registry import KeyRegistry
+from xinf_watch.keys.sources import KeySources
 from xinf_watch.model import CredentialKind, KeyHint, KeyState
 
 # xinference/api/oauth2/advanced/database.py SCHEMA_SQL + the migration's oidc_sub index

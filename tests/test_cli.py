@@ -1,7 +1,7 @@
 """The command line (docs/DESIGN.md section 2): exit codes, one-line errors, replay inputs and outputs.
 
 A few cases run `python -m xinf_watch` as a real process (what the shell sees: exit status,
-broken pipes, progress on a slow file); the rest call `xinf_watch.cli.main(argv)` in-process.
+broken pipes, progress on a slow file); the rest call `xinf_watch.app.cli.main(argv)` in-process.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from paths import FIXTURES
 from prometheus_client.parser import text_string_to_metric_families
 
 from xinf_watch import __version__
-from xinf_watch import replay as replay_module
-from xinf_watch.cli import main
-from xinf_watch.config import ConfigError
+from xinf_watch.app import replay as replay_module
+from xinf_watch.app.cli import main
+from xinf_watch.config.schema import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 BAD = Path(__file__).parent / "data" / "bad"

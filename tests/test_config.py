@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from xinf_watch.config import (
+from xinf_watch.config.schema import (
     AbsentRule,
     Config,
     ConfigError,
@@ -24,8 +24,8 @@ from xinf_watch.config import (
     load_config,
     parse_duration,
 )
-from xinf_watch.configvalues import format_duration
-from xinf_watch.keyfiles import KeyFileError, load_registry
+from xinf_watch.config.values import format_duration
+from xinf_watch.keys.files import KeyFileError, load_registry
 from xinf_watch.model import CredentialKind, KeyState, Outcome, Severity
 
 DATA = Path(__file__).parent / "data"

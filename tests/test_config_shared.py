@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from xinf_watch.config import ConfigError, load_config
+from xinf_watch.config.schema import ConfigError, load_config
 
 EXPECTED = "is not a Redis URL (expected e.g. redis://127.0.0.1:6379/0)"
 

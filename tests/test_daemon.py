@@ -33,8 +33,8 @@ from paths import FIXTURES
 from prometheus_client.registry import CollectorRegistry
 from receivers import HTTPReceiver, wait_until
 
-from xinf_watch.config import load_config
-from xinf_watch.service import MetricsServer
+from xinf_watch.app.service import MetricsServer
+from xinf_watch.config.schema import load_config
 
 pytestmark = pytest.mark.system
 
@@ -375,8 +375,8 @@ def test_rotation_counters_continue_when_a_tailer_starts_again_from_zero(tmp_pat
     counters add what each tailer counted, they never fall back or stall."""
     from types import SimpleNamespace
 
-    from xinf_watch.daemon import Daemon
-    from xinf_watch.metrics import MetricsStore
+    from xinf_watch.app.daemon import Daemon
+    from xinf_watch.metrics.store import MetricsStore
 
     daemon = Daemon(tmp_path / "rules.yaml")
     daemon.store = MetricsStore()
@@ -399,7 +399,7 @@ def test_a_line_that_fails_to_process_is_counted_and_skipped(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Whatever goes wrong with one line (a bug), the loop goes on with the next ones."""
-    from xinf_watch.daemon import Daemon
+    from xinf_watch.app.daemon import Daemon
 
     log_file = tmp_path / "access.log"
     lines = (FIXTURES / "nginx" / "access_combined_key.log").read_text().splitlines()[:5]

@@ -18,13 +18,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from ruletools import T0, event, load_rules
 
-from xinf_watch import filters as filters_module
 from xinf_watch.addresses import parse_ip
-from xinf_watch.attribute import Attributor
-from xinf_watch.filters import INDEXED, admits, compile_filter, glob_matcher, subnet_of
-from xinf_watch.keys import KeyEntry, KeyRegistry, sha256_hex
+from xinf_watch.attribution.attribute import Attributor
+from xinf_watch.attribution.scopes import load_scope_map
+from xinf_watch.keys.registry import KeyEntry, KeyRegistry, sha256_hex
 from xinf_watch.model import CredentialKind, Event, KeyState, Outcome, Record
-from xinf_watch.scopes import load_scope_map
+from xinf_watch.rules import filters as filters_module
+from xinf_watch.rules.filters import INDEXED, admits, compile_filter, glob_matcher, subnet_of
 
 NETWORKS = """
 office: [10.1.0.0/16, "2001:db8:1::/48"]

@@ -1,5 +1,5 @@
 """A fleet: three gateways behind one load balancer, one real xinf-watch process each, sharing their
-rule state through one real redis-server (`state.shared`, fleet.py).
+rule state through one real redis-server (`state.shared`, fleet/feed.py).
 
 A traffic generator plays the load balancer: it appends real gateway lines (the fixtures' nginx
 recording, current times) to the three gateways' access logs. The alerts reach one real HTTP

@@ -1,4 +1,4 @@
-"""The fleet's event stream without a socket (fleet.py): what goes in, what comes out into the rule
+"""The fleet's event stream without a socket (fleet/feed.py): what goes in, what comes out into the rule
 engine, once each, in order, over duplicates, restarts, local mode and garbage.
 
 The events are real: the fixtures' nginx recording through the real pipeline (`Pipeline.build`,
@@ -19,13 +19,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from paths import FIXTURES
 
-from xinf_watch import fleet
-from xinf_watch.config import SourceConfig, empty_config, load_config
-from xinf_watch.fleet import Entry, FleetFeed, claim_name, event_from_row, event_row
-from xinf_watch.keyfiles import load_registry
-from xinf_watch.keys import KeyRegistry
+from xinf_watch.app.pipeline import Pipeline
+from xinf_watch.config.schema import SourceConfig, empty_config, load_config
+from xinf_watch.fleet import feed as fleet
+from xinf_watch.fleet.feed import Entry, FleetFeed, claim_name, event_from_row, event_row
+from xinf_watch.keys.files import load_registry
+from xinf_watch.keys.registry import KeyRegistry
 from xinf_watch.model import Alert, AlertStatus, CredentialKind, Event, KeyState, Outcome, ScopeDenial
-from xinf_watch.pipeline import Pipeline
 
 SOURCE = "gateway"
 ENUMS = {

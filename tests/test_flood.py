@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 from ruletools import T0, engine, event, feed, firing, resolved
 
-from xinf_watch.config import ConfigError
-from xinf_watch.episodes import alert_id
-from xinf_watch.flood import FLOOD_WINDOW, MAX_HELD_IDS, Flood, FloodGate
+from xinf_watch.config.schema import ConfigError
 from xinf_watch.model import Alert, AlertStatus, KeyState, Severity
-from xinf_watch.rules import RuleEngine
+from xinf_watch.rules.engine import RuleEngine
+from xinf_watch.rules.episodes import alert_id
+from xinf_watch.rules.flood import FLOOD_WINDOW, MAX_HELD_IDS, Flood, FloodGate
 
 WEBUI = (
     "- {name: webui-external, kind: match, when: {path: ['/ui/*']}, by: [ip], cooldown: 0s, "

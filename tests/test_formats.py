@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from paths import FIXTURES
 
-from xinf_watch.configvalues import SOURCE_FORMATS
+from xinf_watch.config.values import SOURCE_FORMATS
 from xinf_watch.formats import FORMATS, JSON_PRESETS, NGINX_PRESETS, build_parser
 from xinf_watch.model import LineResult, Record
 

@@ -14,11 +14,11 @@ import orjson
 import pytest
 from paths import FIXTURES
 
-from xinf_watch.config import load_config
+from xinf_watch.app.pipeline import Pipeline
+from xinf_watch.config.schema import load_config
 from xinf_watch.formats import build_parser
-from xinf_watch.keyfiles import load_registry
+from xinf_watch.keys.files import load_registry
 from xinf_watch.model import KeyState, LineResult, Outcome, Record
-from xinf_watch.pipeline import Pipeline
 
 KONG = {
     "request": {

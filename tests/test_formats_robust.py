@@ -279,7 +279,7 @@ def test_a_byte_count_no_response_has_is_dropped_so_sums_stay_inside_64_bits(nam
 
 
 def test_response_bytes_saturate_instead_of_outgrowing_the_state() -> None:
-    from xinf_watch.metrics import COUNTER_MAX, MetricsStore
+    from xinf_watch.metrics.store import COUNTER_MAX, MetricsStore
     from xinf_watch.model import CredentialKind, Event, KeyState, Outcome
 
     store = MetricsStore()

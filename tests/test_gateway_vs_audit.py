@@ -34,10 +34,10 @@ import pytest
 import yaml
 from paths import FIXTURES
 
-from xinf_watch.config import load_config
-from xinf_watch.keyfiles import load_registry
+from xinf_watch.app.pipeline import Pipeline
+from xinf_watch.config.schema import load_config
+from xinf_watch.keys.files import load_registry
 from xinf_watch.model import CredentialKind, Event, KeyState
-from xinf_watch.pipeline import Pipeline
 
 SOURCES: list[dict[str, Any]] = [
     {"name": "audit", "path": "xinference/audit.log", "format": "xinference-audit"},

@@ -14,12 +14,12 @@ from ruletools import T0, event, load_rules
 from test_cli import lines_total
 from test_tail import Harness
 
-from xinf_watch.cli import main
-from xinf_watch.filters import compile_filter
+from xinf_watch.app.cli import main
+from xinf_watch.attribution.scopes import MAX_PATH, decode_path
 from xinf_watch.formats import build_parser
-from xinf_watch.linereader import MAX_LINE_BYTES, read_lines
+from xinf_watch.ingest.lines import MAX_LINE_BYTES, read_lines
 from xinf_watch.model import LineResult, Record
-from xinf_watch.scopes import MAX_PATH, decode_path
+from xinf_watch.rules.filters import compile_filter
 from xinf_watch.userregex import MATCH_SECONDS, UserRegex
 
 NGINX_LINE = (FIXTURES / "nginx" / "access_combined_key.log").read_text(encoding="utf-8").splitlines()[1]
@@ -127,9 +127,9 @@ def test_replay_and_the_tailer_read_the_same_lines(tmp_path: Path) -> None:
     ]  # fmt: skip
 
 
-# -- late (out-of-order) events and protected eviction in windows.py ---------------------------
+# -- late (out-of-order) events and protected eviction in rules/windows.py ---------------------------
 
-from xinf_watch.windows import BUCKETS, BoundedMap, WindowCounter  # noqa: E402
+from xinf_watch.rules.windows import BUCKETS, BoundedMap, WindowCounter  # noqa: E402
 
 
 def test_late_event_inside_the_window_is_counted_in_its_own_bucket() -> None:

@@ -19,9 +19,9 @@ from harness import FIXTURE_KEYS, Workspace, access_line, parsed_lines, total
 from receivers import wait_until
 from test_daemon import append
 
-from xinf_watch.config import ConfigError, load_config
-from xinf_watch.keyfiles import KeyFileError, load_registry
-from xinf_watch.keysources import RACY_NS, SETTLE_NS, KeySources
+from xinf_watch.config.schema import ConfigError, load_config
+from xinf_watch.keys.files import KeyFileError, load_registry
+from xinf_watch.keys.sources import RACY_NS, SETTLE_NS, KeySources
 
 
 def bomb(levels: int = 8, width: int = 10) -> str:
@@ -67,7 +67,7 @@ def test_hostile_rules_yaml_is_refused_by_check_quickly_and_in_bounded_memory(tm
         script = (
             "import resource, sys\n"
             "resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))\n"  # 1 GiB at most
-            "from xinf_watch.cli import main\n"
+            "from xinf_watch.app.cli import main\n"
             f"sys.exit(main(['check', '--rules', {str(rules)!r}]))\n"
         )
         started = time.monotonic()

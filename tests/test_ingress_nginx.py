@@ -29,8 +29,8 @@ from receivers import free_port
 
 from xinf_watch.formats import build_parser
 from xinf_watch.formats.nginx import NGINX_PRESETS
+from xinf_watch.ingest.wrappers import unwrapped
 from xinf_watch.model import Record
-from xinf_watch.wrappers import unwrapped
 
 ROOT = Path(__file__).resolve().parents[1]
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)

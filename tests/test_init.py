@@ -31,7 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tools import require_program
 
 from xinf_watch import SHIPPED_RULES
-from xinf_watch.cli import main
+from xinf_watch.app.cli import main
 
 CONFIG = FIXTURES / "config"
 DATA = Path(__file__).parent / "data" / "init"

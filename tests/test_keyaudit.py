@@ -21,9 +21,9 @@ import pytest
 import yaml
 from paths import FIXTURES
 
-from xinf_watch.cli import main
-from xinf_watch.keyaudit import KINDS, SEVERITY, Finding, audit_keys, run_keys_audit
-from xinf_watch.keys import KeyEntry, KeyRegistry, UserEntry, sha256_hex
+from xinf_watch.app.cli import main
+from xinf_watch.keys.audit import KINDS, SEVERITY, Finding, audit_keys, run_keys_audit
+from xinf_watch.keys.registry import KeyEntry, KeyRegistry, UserEntry, sha256_hex
 from xinf_watch.model import Severity
 
 SET_A = (FIXTURES / "config" / "auth.json", FIXTURES / "keys.yaml")

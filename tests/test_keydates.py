@@ -27,11 +27,11 @@ from harness import DaemonProcess, Workspace, access_line, total
 from paths import FIXTURES
 from test_authdb import _jwt, execute, make_auth_db, raw_keys
 
-from xinf_watch.keyaudit import audit_keys
-from xinf_watch.keydates import DisabledSince
-from xinf_watch.keyfiles import KeyFileError, load_registry
-from xinf_watch.keys import sha256_hex
-from xinf_watch.keysources import KeySources
+from xinf_watch.keys.audit import audit_keys
+from xinf_watch.keys.dates import DisabledSince
+from xinf_watch.keys.files import KeyFileError, load_registry
+from xinf_watch.keys.registry import sha256_hex
+from xinf_watch.keys.sources import KeySources
 from xinf_watch.model import KeyState
 
 REPO = Path(__file__).resolve().parents[1]

@@ -17,9 +17,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from paths import FIXTURES
 
-from xinf_watch import keys as keys_module
-from xinf_watch.keyfiles import KeyFileError, load_registry
-from xinf_watch.keys import Attribution, KeyEntry, KeyRegistry, UserEntry
+from xinf_watch.keys import registry as keys_module
+from xinf_watch.keys.files import KeyFileError, load_registry
+from xinf_watch.keys.registry import Attribution, KeyEntry, KeyRegistry, UserEntry
 from xinf_watch.model import CredentialKind, KeyHint, KeyState
 
 SET_A = [FIXTURES / "config" / "auth.json", FIXTURES / "keys.yaml"]

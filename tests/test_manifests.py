@@ -41,9 +41,9 @@ from harness import DaemonProcess, parse_metrics, total
 from receivers import free_port
 from tools import require_module, require_program
 
-from xinf_watch.config import load_config
-from xinf_watch.keyfiles import load_registry
-from xinf_watch.keysources import SETTLE_NS, KeySources
+from xinf_watch.config.schema import load_config
+from xinf_watch.keys.files import load_registry
+from xinf_watch.keys.sources import SETTLE_NS, KeySources
 from xinf_watch.model import KeyState
 
 kubernetes_validate = require_module("kubernetes_validate")  # it brings jsonschema and referencing
@@ -675,4 +675,4 @@ def test_the_copied_sources_build_the_package(tmp_path: Path) -> None:
     data = {str(p.relative_to(ROOT)) for p in (ROOT / "xinf_watch" / "data").glob("*.yaml")}
     assert data and data <= names
     [entry_points] = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
-    assert "xinf-watch = xinf_watch.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "xinf-watch = xinf_watch.app.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()

@@ -24,7 +24,7 @@ import pytest
 import yaml
 from paths import FIXTURES
 
-from xinf_watch.cli import main
+from xinf_watch.app.cli import main
 from xinf_watch.formats import FORMATS
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xinf_watch import linereader
-from xinf_watch.linereader import OVERLONG_LINE, read_lines
+from xinf_watch.ingest import lines as linereader
+from xinf_watch.ingest.lines import OVERLONG_LINE, read_lines
 
 
 def by_readline(stream: BinaryIO, max_bytes: int) -> Iterator[str]:

@@ -3,7 +3,7 @@
 Each case: the daemon follows `logs/...`; a writer appends N real gateway lines as fast as it can;
 the case rotates the log three times while it writes (at N/4, N/2, 3N/4 lines written). At the
 end `xinf_watch_lines_total{result="parsed"}` must equal the lines written, exactly, except for
-`: >` with the daemon behind, where the tailer spec (tail.py, rule 3) promises only that the
+`: >` with the daemon behind, where the tailer spec (ingest/tail.py, rule 3) promises only that the
 truncation is counted and logged as possible data loss.
 
 The kubelet case is a container's log on Kubernetes: the daemon's glob is over
@@ -306,7 +306,7 @@ def test_rotation(ws: Workspace, case: Case) -> None:
     if case.exact:
         assert read == written, f"{case.name}: {written} lines written, {read} counted"
     else:
-        # tail.py rule 3: a truncation without a copy is counted and logged as possible data
+        # ingest/tail.py rule 3: a truncation without a copy is counted and logged as possible data
         # loss; the lines not yet read when it came are gone, nothing is counted twice
         assert read <= written
         assert total(m, "xinf_watch_truncations_total") == ROTATIONS

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 from ruletools import T0, engine, event, feed, firing, key_entry
 
-from xinf_watch import eventrules
 from xinf_watch.durations import describe_duration
-from xinf_watch.keys import KeyRegistry
+from xinf_watch.keys.registry import KeyRegistry
 from xinf_watch.model import Alert, AlertStatus, CredentialKind, Event, KeyState, Outcome
-from xinf_watch.rules import RuleEngine
-from xinf_watch.windows import BoundedMap, WindowCounter
+from xinf_watch.rules import eventkinds as eventrules
+from xinf_watch.rules.engine import RuleEngine
+from xinf_watch.rules.windows import BoundedMap, WindowCounter
 
 DAY = 86400.0
 

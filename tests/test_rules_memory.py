@@ -76,10 +76,10 @@ def child(n: int) -> dict[str, Any]:
     import yaml
     from paths import FIXTURES
 
-    from xinf_watch.config import load_config
-    from xinf_watch.keyfiles import load_registry
+    from xinf_watch.config.schema import load_config
+    from xinf_watch.keys.files import load_registry
     from xinf_watch.model import CredentialKind, Event, KeyState, Outcome
-    from xinf_watch.rules import RuleEngine
+    from xinf_watch.rules.engine import RuleEngine
 
     shipped = Path(__file__).resolve().parents[1] / "rules" / "rules.yaml"
     doc = yaml.safe_load(shipped.read_text(encoding="utf-8"))

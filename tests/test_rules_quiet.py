@@ -16,7 +16,7 @@ from ruletools import T0, engine, event, feed, firing, key_entry, resolved
 from test_rules import DAY, Registry
 
 from xinf_watch.model import Event, KeyState
-from xinf_watch.rules import RuleEngine
+from xinf_watch.rules.engine import RuleEngine
 
 HOUR = 3600.0
 NEW_NET = (
@@ -78,7 +78,7 @@ def test_without_known_networks_the_first_address_seeds_the_baseline(tmp_path: P
 
 
 def test_known_is_only_for_address_values(tmp_path: Path) -> None:
-    from xinf_watch.config import ConfigError
+    from xinf_watch.config.schema import ConfigError
 
     rules = "- {name: new-agent, kind: new_value, value: user_agent, by: [key], known: [internal]}"
     try:
@@ -158,7 +158,7 @@ def test_the_first_day_of_a_key_is_its_history(tmp_path: Path) -> None:
 
 
 def test_daily_baseline_needs_a_day_of_history_in_the_config(tmp_path: Path) -> None:
-    from xinf_watch.config import ConfigError
+    from xinf_watch.config.schema import ConfigError
 
     try:
         engine(tmp_path, DAILY.replace("baseline: 7d", "baseline: 2h"))

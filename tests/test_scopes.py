@@ -12,8 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from paths import FIXTURES
 
-from xinf_watch import scopes as scopes_module
-from xinf_watch.scopes import ScopeMap, ScopeOverride, load_scope_map, version_tag
+from xinf_watch.attribution import scopes as scopes_module
+from xinf_watch.attribution.scopes import ScopeMap, ScopeOverride, load_scope_map, version_tag
 
 CURRENT = load_scope_map()
 V4 = load_scope_map("4.1.0")

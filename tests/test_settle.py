@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from ruletools import T0, engine, event, feed
 
-from xinf_watch import eventrules
 from xinf_watch.model import Alert, KeyState
-from xinf_watch.rulestate import NEVER
+from xinf_watch.rules import eventkinds as eventrules
+from xinf_watch.rules.memory import NEVER
 
 RULES = """
 - {name: burst, kind: threshold, when: {outcome: denied}, by: [ip], count: 5, window: 1m, cooldown: 0s,

@@ -1,4 +1,4 @@
-"""The fleet's link to Redis (sharedlink.py) against a real redis-server: the round trips, the
+"""The fleet's link to Redis (fleet/link.py) against a real redis-server: the round trips, the
 claims, two instances sharing one burst, Redis going away and coming back, and a password that
 must stay out of every error and log line.
 
@@ -20,13 +20,10 @@ from paths import FIXTURES
 from receivers import RedisServer
 from tools import require_module, require_program
 
-from xinf_watch.config import SourceConfig, empty_config, load_config
-from xinf_watch.fleet import FleetFeed, claim_name
-from xinf_watch.keyfiles import load_registry
-from xinf_watch.keys import KeyRegistry
-from xinf_watch.model import Alert
-from xinf_watch.pipeline import Pipeline
-from xinf_watch.sharedlink import (
+from xinf_watch.app.pipeline import Pipeline
+from xinf_watch.config.schema import SourceConfig, empty_config, load_config
+from xinf_watch.fleet.feed import FleetFeed, claim_name
+from xinf_watch.fleet.link import (
     CLAIM_PREFIX,
     CLAIM_TTL,
     RETRY_MAX,
@@ -36,6 +33,9 @@ from xinf_watch.sharedlink import (
     SharedStateDown,
     redacted,
 )
+from xinf_watch.keys.files import load_registry
+from xinf_watch.keys.registry import KeyRegistry
+from xinf_watch.model import Alert
 
 redis_client = require_module("redis")  # a dependency since state.shared: an older install lacks it
 pytestmark = pytest.mark.system

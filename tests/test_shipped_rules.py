@@ -37,11 +37,11 @@ import pytest
 import yaml
 from paths import FIXTURES
 
-from xinf_watch.cli import main as cli_main
-from xinf_watch.config import load_config
-from xinf_watch.keyfiles import load_registry
+from xinf_watch.app.cli import main as cli_main
+from xinf_watch.app.pipeline import Pipeline
+from xinf_watch.config.schema import load_config
+from xinf_watch.keys.files import load_registry
 from xinf_watch.model import Alert, Event
-from xinf_watch.pipeline import Pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "rules" / "rules.yaml"

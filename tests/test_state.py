@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from xinf_watch.model import Alert, AlertStatus, Severity
-from xinf_watch.state import BACKOFF_MAX, Outbox, StateStore
+from xinf_watch.state.store import BACKOFF_MAX, Outbox, StateStore
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -201,7 +201,7 @@ COMMITTER = """
 import sys
 from pathlib import Path
 from xinf_watch.model import Alert, AlertStatus, Severity
-from xinf_watch.state import StateStore
+from xinf_watch.state.store import StateStore
 
 store = StateStore(Path(sys.argv[1]), sync=sys.argv[2])
 for n in range(1, 10**9):

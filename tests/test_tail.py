@@ -18,8 +18,15 @@ from typing import Any
 
 import pytest
 
-from xinf_watch.linereader import Batch, LineReader
-from xinf_watch.tail import MAX_LINE_BYTES, FileIdentity, Position, SourceTailer, fingerprint, starts_with
+from xinf_watch.ingest.lines import Batch, LineReader
+from xinf_watch.ingest.tail import (
+    MAX_LINE_BYTES,
+    FileIdentity,
+    Position,
+    SourceTailer,
+    fingerprint,
+    starts_with,
+)
 
 GRACE = 5.0
 

@@ -349,7 +349,7 @@ def test_daemon_with_a_proc_glob_beside_a_log(ws: Workspace) -> None:
     assert "Traceback" not in done.stderr
     if done.returncode != 0:
         # replay lists its files, then reads them: a process of this busy machine exiting in between
-        # ends it with a one-line error, "no such file" or "No such process" (replay.py, not the tailer)
+        # ends it with a one-line error, "no such file" or "No such process" (app/replay.py, not the tailer)
         assert done.returncode in (1, 2) and len(done.stderr.splitlines()) == 1, done.stderr
         assert "/proc/" in done.stderr or "No such process" in done.stderr, done.stderr
         return

@@ -1,4 +1,4 @@
-"""windows.py on its own: the sliding-window counter's bucket edges, its saved state, and the
+"""rules/windows.py on its own: the sliding-window counter's bucket edges, its saved state, and the
 bounded map's order, eviction scan and bookkeeping (the engine-level cases are in test_rules.py
 and test_hostile_input.py).
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from xinf_watch.windows import BUCKETS, EVICTION_SCAN, BoundedMap, WindowCounter
+from xinf_watch.rules.windows import BUCKETS, EVICTION_SCAN, BoundedMap, WindowCounter
 
 T = 1_000_000.0  # a multiple of 2: bucket 500000 starts here
 

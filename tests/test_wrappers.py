@@ -1,4 +1,4 @@
-"""Container log wrappers (wrappers.py) through `replay` and the pipeline, and kubelet's file names.
+"""Container log wrappers (ingest/wrappers.py) through `replay` and the pipeline, and kubelet's file names.
 
 Which lines are real: the inner lines are the recorded nginx traffic of
 `fixtures/nginx/access_combined_key.log` (written by a real nginx, fixtures/README.md). No
@@ -22,14 +22,14 @@ import yaml
 from harness import DaemonProcess, Workspace, parsed_lines, total
 from paths import FIXTURES
 
-from xinf_watch.cli import main
-from xinf_watch.config import ConfigError, SourceConfig, empty_config, load_config
-from xinf_watch.keys import KeyRegistry
-from xinf_watch.linereader import MAX_LINE_BYTES
+from xinf_watch.app.cli import main
+from xinf_watch.app.pipeline import Pipeline
+from xinf_watch.app.replay import ReplayInput, replay, rotation_order, source_files
+from xinf_watch.config.schema import ConfigError, SourceConfig, empty_config, load_config
+from xinf_watch.ingest.lines import MAX_LINE_BYTES
+from xinf_watch.ingest.wrappers import Unwrapper, runtime_time, unwrapped
+from xinf_watch.keys.registry import KeyRegistry
 from xinf_watch.model import LineResult
-from xinf_watch.pipeline import Pipeline
-from xinf_watch.replay import ReplayInput, replay, rotation_order, source_files
-from xinf_watch.wrappers import Unwrapper, runtime_time, unwrapped
 
 NGINX_LOG = FIXTURES / "nginx" / "access_combined_key.log"
 PLAIN = NGINX_LOG.read_text(encoding="utf-8").splitlines()

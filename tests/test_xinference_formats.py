@@ -21,16 +21,16 @@ import pytest
 import yaml
 from paths import FIXTURES
 
-from xinf_watch import cli
-from xinf_watch.attribute import reason_from_status
-from xinf_watch.config import load_config
+from xinf_watch.app import cli
+from xinf_watch.app.pipeline import Pipeline
+from xinf_watch.attribution.attribute import reason_from_status
+from xinf_watch.config.schema import load_config
 from xinf_watch.formats import build_parser
 from xinf_watch.formats.audit import RECENT_REQUEST_IDS, STATUS_CODES
 from xinf_watch.formats.xinference import split_client
-from xinf_watch.keyfiles import load_registry
-from xinf_watch.keys import Attribution, KeyRegistry
+from xinf_watch.keys.files import load_registry
+from xinf_watch.keys.registry import Attribution, KeyRegistry
 from xinf_watch.model import CredentialKind, Event, KeyHint, KeyState, LineResult, Record
-from xinf_watch.pipeline import Pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 SKIPPED, UNPARSED = LineResult.SKIPPED, LineResult.UNPARSED
@@ -612,7 +612,7 @@ def test_reason_from_status_only_where_one_cause_fits(
 
 SHIPPED = sorted((REPO / "rules").glob("*.yaml"))
 # Key files of the examples -> the recording's files of the same kind (auth.db: its content as
-# Xinference's legacy JSON; keyfiles.py detects a key file by content, not by name).
+# Xinference's legacy JSON; keys/files.py detects a key file by content, not by name).
 KEY_FILES = {
     "/var/lib/xinference/auth/auth.db": FIXTURES / "config/auth.json",
     "/etc/xinf-watch/keys.yaml": FIXTURES / "keys.yaml",

@@ -1,3 +1,3 @@
-from xinf_watch.cli import main
+from xinf_watch.app.cli import main
 
 raise SystemExit(main())

@@ -1,7 +1,7 @@
 """Durations said the way a person reads them (`1h30m`), for alerts and reports alike.
 
-A leaf: it imports nothing of xinf-watch, so the rule engine (`summaries.py`, `clockrules.py`)
-and the key tools (`keyaudit.py`) say a duration the same way without depending on each other.
+A leaf: it imports nothing of xinf-watch, so the rule engine (`rules/summaries.py`, `rules/clockkinds.py`)
+and the key tools (`keys/audit.py`) say a duration the same way without depending on each other.
 """
 
 from __future__ import annotations

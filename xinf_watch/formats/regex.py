@@ -30,7 +30,7 @@ GROUPS = (
     "ts", "ip", "method", "path", "request", "status",
     "credential", "bytes", "duration", "user_agent", "request_id", "reason",
 )  # fmt: skip
-NO_TIME = math.nan  # the time of a record whose line has none: its reader supplies it (wrappers.py)
+NO_TIME = math.nan  # the time of a record whose line has none: its reader supplies it (ingest/wrappers.py)
 
 
 def compile_regex(pattern: str | None, *, time_from_runtime: bool = False) -> Parser:

@@ -1,0 +1,1 @@
+"""The programs: the pipeline that joins the stages, the daemon, replay, demo, the CLI."""

@@ -1,0 +1,1 @@
+"""Alert text and delivery: the outbox senders, apprise and Alertmanager targets, the journal."""

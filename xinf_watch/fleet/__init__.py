@@ -1,0 +1,1 @@
+"""Rule state shared by a fleet of instances through Redis (`state.shared`)."""

@@ -1,0 +1,1 @@
+"""Following log files through rotation and reading their lines: the first stage."""

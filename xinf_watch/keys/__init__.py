@@ -1,0 +1,1 @@
+"""The key registry (what is known about each API key) and where it comes from."""

@@ -1,0 +1,1 @@
+"""Counting events into Prometheus metrics, and the exposition."""

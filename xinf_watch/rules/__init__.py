@@ -1,0 +1,1 @@
+"""The rule engine: events and a clock in, alert transitions out."""
