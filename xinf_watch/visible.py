@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 import traceback
 import unicodedata
 from collections.abc import Mapping
@@ -61,6 +62,11 @@ def visible(text: object) -> str:
     if s.isascii() and s.isprintable():
         return s
     return _NOT_PLAIN.sub(_escape, s)
+
+
+def tell(message: str) -> None:
+    """`message` on stderr, through `visible`: the default voice of stages that take a `log` callable."""
+    print(visible(message), file=sys.stderr, flush=True)
 
 
 def _arg(value: object) -> object:

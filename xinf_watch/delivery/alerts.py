@@ -52,7 +52,6 @@ import functools
 import logging
 import os
 import re
-import sys
 import threading
 import time
 import urllib.request
@@ -70,7 +69,7 @@ import orjson
 
 from xinf_watch.model import ONE_OFF_KINDS, Alert, format_ts
 from xinf_watch.state.store import Outbox, OutboxItem, is_storage_error
-from xinf_watch.visible import visible, visible_json
+from xinf_watch.visible import tell, visible, visible_json
 
 if TYPE_CHECKING:
     import apprise
@@ -102,10 +101,6 @@ class Target(Protocol):
     max_batch: int  # alerts one `send` takes, at most
 
     def send(self, alerts: Sequence[dict[str, Any]]) -> None: ...
-
-
-def _stderr(message: str) -> None:
-    print(visible(message), file=sys.stderr, flush=True)
 
 
 # -- text ----------------------------------------------------------------------------------------
@@ -487,7 +482,7 @@ class Refresher:
     """
 
     def __init__(
-        self, outbox: Outbox, now: Callable[[], float], log: Callable[[str], None] = _stderr
+        self, outbox: Outbox, now: Callable[[], float], log: Callable[[str], None] = tell
     ) -> None:
         self._outbox = outbox
         self._now = now
@@ -542,7 +537,7 @@ class Deliverer:
         on_result: Callable[[str, bool, int], None],
         now: Callable[[], float],
         *,
-        log: Callable[[str], None] = _stderr,
+        log: Callable[[str], None] = tell,
         only: str | None = None,
         besides: str | None = None,
         refresher: Refresher | None = None,

@@ -45,7 +45,6 @@ import contextlib
 import errno
 import os
 import sqlite3
-import sys
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -56,6 +55,7 @@ from typing import Any, Literal, TypeVar
 import orjson
 
 from xinf_watch.model import Alert, AlertStatus
+from xinf_watch.visible import tell
 
 SCHEMA_VERSION = 1
 DB_NAME = "state.db"
@@ -104,10 +104,6 @@ def is_storage_error(exc: BaseException) -> bool:
         code = getattr(exc, "sqlite_errorcode", None)
         return code is not None and code & 0xFF in _SQLITE_STORAGE
     return isinstance(exc, OSError) and exc.errno in _STORAGE_ERRNOS
-
-
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +158,7 @@ class StateStore:
     def __init__(
         self,
         directory: Path,
-        log: Callable[[str], None] = _stderr,
+        log: Callable[[str], None] = tell,
         *,
         sync: Literal["NORMAL", "FULL"] = "NORMAL",
     ) -> None:
