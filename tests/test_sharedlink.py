@@ -20,6 +20,7 @@ from paths import FIXTURES
 from receivers import RedisServer
 from tools import require_module, require_program
 
+from xinf_watch.app.fleetsync import FleetSync
 from xinf_watch.app.pipeline import Pipeline
 from xinf_watch.config.schema import SourceConfig, empty_config, load_config
 from xinf_watch.fleet.feed import FleetFeed, claim_name
@@ -28,7 +29,6 @@ from xinf_watch.fleet.link import (
     CLAIM_TTL,
     RETRY_MAX,
     WARMUP,
-    FleetSync,
     SharedLink,
     SharedStateDown,
     redacted,

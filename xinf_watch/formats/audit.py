@@ -122,10 +122,9 @@ class _AuthCheckRows:
 
     def add(self, endpoint: str, row: _Pending) -> None:
         rows = self._pending.get(endpoint)
-        if rows is None:
-            if len(self._pending) >= MAX_PENDING_ENDPOINTS:
-                self._pending.clear()  # forgetting only risks counting a request twice
-            rows = self._pending[endpoint] = deque(maxlen=MAX_PENDING_PER_ENDPOINT)
+        if rows is None:  # a full cache starts over: forgetting only risks counting a request twice
+            new_rows: deque[_Pending] = deque(maxlen=MAX_PENDING_PER_ENDPOINT)
+            rows = remember(self._pending, endpoint, new_rows, MAX_PENDING_ENDPOINTS)
         rows.append(row)
 
     def take(self, endpoint: str, since: float, ip: str, key_prefix: str | None) -> bool:
