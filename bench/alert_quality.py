@@ -28,8 +28,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from xinf_watch.app.replay import replay_alerts
 from xinf_watch.simulate.run import simulate, write_simulation
-from xinf_watch.simulate.score import RuleScore, Score, replay_alerts, score
+from xinf_watch.simulate.score import RuleScore, Score, score
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED_RULES = REPO / "rules" / "rules.yaml"

@@ -20,11 +20,12 @@ from typing import Any
 import pytest
 import yaml
 
+from xinf_watch.app.replay import replay_alerts
 from xinf_watch.formats import build_parser
 from xinf_watch.model import Record
 from xinf_watch.simulate.incidents import CATCHING_RULES
 from xinf_watch.simulate.run import Simulation, simulate, write_simulation
-from xinf_watch.simulate.score import replay_alerts, score
+from xinf_watch.simulate.score import score
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED_RULES = REPO / "rules" / "rules.yaml"

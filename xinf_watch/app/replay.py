@@ -34,7 +34,9 @@ from typing import BinaryIO, TextIO
 
 from xinf_watch.app.alertsummary import DEFAULT_TOP, Summary, summarize
 from xinf_watch.app.pipeline import Pipeline
+from xinf_watch.config.schema import load_config
 from xinf_watch.ingest import lines as linereader
+from xinf_watch.keys.files import load_registry
 from xinf_watch.model import Alert, Event, Record
 from xinf_watch.visible import visible
 
@@ -204,3 +206,13 @@ def replay_summary(
         lines[result] = lines.get(result, 0) + n
     first_last = (span[0], span[1]) if span else None
     return summarize(pipeline.config.rules, alerts, lines, first_last, top)
+
+
+def replay_alerts(rules: Path) -> list[dict[str, object]]:
+    """The alerts `xinf-watch replay --rules RULES` prints, as dicts (the same stages, in process)."""
+    config = load_config(rules)
+    pipeline = Pipeline.build(config, load_registry(config.keys, config.key_sites))
+    inputs = [ReplayInput(s.name, f) for s in config.sources for f in source_files(s.path)]
+    alerts: list[dict[str, object]] = []
+    replay(pipeline, inputs, on_alert=lambda a: alerts.append(a.to_json()), progress=None)
+    return alerts

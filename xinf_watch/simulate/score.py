@@ -1,15 +1,16 @@
 """Scoring alerts against a simulation's ground truth (simulate/run.py's truth.json): which firing
-alerts caught an incident, which were expected notices, which were noise.
+alerts caught an incident, which were expected notices, which were noise. The alerts come from a
+replay of the simulation's files (`app.replay.replay_alerts`).
 
 Rules of the scoring:
 - Only `firing` transitions count (each one is a notification somebody reads); `resolved` ones
   are not counted.
 - A firing alert is a true positive when its rule is one of an incident's catching rules
-  (simincidents.CATCHING_RULES), its group matches the incident (a `key` group value is one of the
+  (incidents.CATCHING_RULES), its group matches the incident (a `key` group value is one of the
   incident's key aliases, an `ip` value one of its addresses or a network holding one; a group
   with neither is matched by the alert's `key`), and [first_ts, last_ts] overlaps
   [start - 1 min, end + 15 min].
-- Otherwise, an alert of a notice rule (simincidents.NOTICE_RULES: key-expiring) about a key that
+- Otherwise, an alert of a notice rule (incidents.NOTICE_RULES: key-expiring) about a key that
   is still used at or after the alert's first_ts is an expected notice: neither true nor false.
 - Every other firing alert is a false positive. An incident is caught when a true positive
   matches it.
@@ -21,13 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from ipaddress import ip_address, ip_network
-from pathlib import Path
 from typing import Any
-
-from xinf_watch.app.pipeline import Pipeline
-from xinf_watch.app.replay import ReplayInput, replay, source_files
-from xinf_watch.config.schema import load_config
-from xinf_watch.keys.files import load_registry
 
 BEFORE = 60.0  # an alert may start this long before the incident's first request
 AFTER = 900.0  # ... and this long after its last one
@@ -167,13 +162,3 @@ def score(alerts: Iterable[dict[str, Any]], truth: dict[str, Any]) -> Score:
         [i for i in incidents if i["id"] not in caught],
         false_positives,
     )
-
-
-def replay_alerts(rules: Path) -> list[dict[str, Any]]:
-    """The alerts `xinf-watch replay --rules RULES` prints, as dicts (the same stages, in process)."""
-    config = load_config(rules)
-    pipeline = Pipeline.build(config, load_registry(config.keys, config.key_sites))
-    inputs = [ReplayInput(s.name, f) for s in config.sources for f in source_files(s.path)]
-    alerts: list[dict[str, Any]] = []
-    replay(pipeline, inputs, on_alert=lambda a: alerts.append(a.to_json()), progress=None)
-    return alerts
