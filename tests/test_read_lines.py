@@ -1,4 +1,4 @@
-"""`linereader.read_lines` (what `replay` reads files with) reads blocks and splits them; it must
+"""`ingest.lines.read_lines` (what `replay` reads files with) reads blocks and splits them; it must
 give exactly the lines a readline() per line gives, by the same rules, wherever the blocks cut:
 lines without "\\n" (and a "\\r" before it), a line over the limit as one `OVERLONG_LINE`, a last
 line without newline as a line."""
@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xinf_watch.ingest import lines as linereader
+from xinf_watch.ingest import lines
 from xinf_watch.ingest.lines import OVERLONG_LINE, read_lines
 
 
@@ -44,17 +44,17 @@ pieces = st.lists(
 @settings(max_examples=400, deadline=None)
 @given(data=pieces.map(b"".join), block=st.integers(1, 50), max_bytes=st.integers(1, 30))
 def test_blocks_give_what_readline_gives(data: bytes, block: int, max_bytes: int) -> None:
-    original = linereader.READ_BLOCK
-    linereader.READ_BLOCK = block
+    original = lines.READ_BLOCK
+    lines.READ_BLOCK = block
     try:
         got = list(read_lines(io.BytesIO(data), max_bytes))
     finally:
-        linereader.READ_BLOCK = original
+        lines.READ_BLOCK = original
     assert got == list(by_readline(io.BytesIO(data), max_bytes)), data
 
 
-@pytest.mark.parametrize("size", [linereader.MAX_LINE_BYTES, linereader.MAX_LINE_BYTES + 1, 3 << 20])
+@pytest.mark.parametrize("size", [lines.MAX_LINE_BYTES, lines.MAX_LINE_BYTES + 1, 3 << 20])
 def test_the_limit_at_its_edge_in_real_blocks(size: int) -> None:
     data = b"before\n" + b"a" * size + b"\nafter"
-    expected = ["before", "a" * size if size <= linereader.MAX_LINE_BYTES else OVERLONG_LINE, "after"]
+    expected = ["before", "a" * size if size <= lines.MAX_LINE_BYTES else OVERLONG_LINE, "after"]
     assert list(read_lines(io.BytesIO(data))) == expected

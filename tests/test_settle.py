@@ -1,4 +1,4 @@
-"""Resolution of firing threshold and distinct groups (`eventrules.settle`): a group is looked at
+"""Resolution of firing threshold and distinct groups (`eventkinds.settle`): a group is looked at
 again only once its level can have fallen to half. That must change when the engine looks, never
 what it finds: the same alerts as looking at every group every second, and far fewer looks when
 thousands of groups fire at once."""

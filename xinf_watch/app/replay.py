@@ -2,7 +2,7 @@
 
 Rules:
 - Files are read as bytes and decoded as UTF-8 with replacement, so no input can stop a replay.
-  Lines follow the daemon's rules (`linereader.read_lines`): a line over `MAX_LINE_BYTES` is
+  Lines follow the daemon's rules (`ingest.lines.read_lines`): a line over `MAX_LINE_BYTES` is
   skipped (counted as skipped) without ever being held whole.
   gzip files (`access.log.2.gz`) are recognised by their magic bytes, not their name.
 - The files of one source are read oldest first (`x.log.3.gz`, `x.log.2`, `x.log.1`, `x.log`;
@@ -35,7 +35,7 @@ from typing import BinaryIO, TextIO
 from xinf_watch.app.alertsummary import DEFAULT_TOP, Summary, summarize
 from xinf_watch.app.pipeline import Pipeline
 from xinf_watch.config.schema import load_config
-from xinf_watch.ingest import lines as linereader
+from xinf_watch.ingest.lines import read_lines as lines_of
 from xinf_watch.keys.files import load_registry
 from xinf_watch.model import Alert, Event, Record
 from xinf_watch.visible import visible
@@ -131,7 +131,7 @@ def read_lines(path: Path, progress_stream: TextIO | None) -> Iterator[str]:
         raw = getattr(stream, "fileobj", stream)  # the compressed file, for progress by bytes
         progress = Progress(path, progress_stream) if progress_stream is not None else None
         n = 0
-        for n, line in enumerate(linereader.read_lines(stream), 1):  # noqa: B007 - n is read after the loop
+        for n, line in enumerate(lines_of(stream), 1):  # noqa: B007 - n is read after the loop
             yield line
             if progress is not None and n % _CHECK_EVERY == 0:
                 progress.update(n, raw.tell())

@@ -43,7 +43,7 @@ def _nginx(log_format: str | None, preset: str | None) -> Parser:
     return compile_log_format(log_format)
 
 
-# format -> (builder, the options it takes, as keywords); the order of configvalues.SOURCE_FORMATS.
+# format -> (builder, the options it takes, as keywords); the order of config.values.SOURCE_FORMATS.
 _BUILDERS: dict[str, tuple[Callable[..., Parser], tuple[str, ...]]] = {
     "nginx": (_nginx, ("log_format", "preset")),
     "json": (compile_json, ("preset", "fields")),

@@ -61,7 +61,7 @@ class LineReader:
 
     @property
     def key(self) -> tuple[int, int] | None:
-        """What names the file in the batches (sourcefiles.OpenFile: its device and inode)."""
+        """What names the file in the batches (files.OpenFile: its device and inode)."""
         return None
 
     def place(self, offset: int) -> None:

@@ -18,7 +18,7 @@ Rules:
   interleaved in one file). A rotation starts afresh: parts are never joined across two files. A
   file that ends inside a line (its writer gone, or the end of a replayed file) gives what was
   joined as a line (`end()`), as ingest/lines.py does with a last line without newline.
-- A joined line is bounded like any line (linereader.MAX_LINE_BYTES, in UTF-8 bytes): past it the
+- A joined line is bounded like any line (lines.MAX_LINE_BYTES, in UTF-8 bytes): past it the
   parts are dropped as they come and the line, once its last part arrives, counts as one skipped
   line, as a plain line that long does. A runtime line over that bound (linereader hands it over as
   `OVERLONG_LINE`, a blank line) is skipped too.

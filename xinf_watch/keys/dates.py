@@ -3,7 +3,7 @@
 Xinference's auth.db says only whether a key or user is enabled (no disabled_at or updated_at
 column, up to HEAD), so a key disabled there would be revoked at all times, and a request it made
 before the disabling would look like a use of a revoked key. The daemon therefore remembers the
-moment its key files first showed each key (or user) disabled; `keyfiles.load_registry` dates
+moment its key files first showed each key (or user) disabled; `files.load_registry` dates
 the revocation with it: requests at or after that moment are judged revoked, earlier ones by
 their own time. The memory is saved in the daemon's state database (blob `key_dates`), so a
 restart keeps it. `replay` has none: there an auth.db-disabled key is revoked at all times

@@ -23,8 +23,8 @@ fired), so a replay prints the same lines every time.
 Speed: rules are indexed by the few-valued fields of their filters (`filters.INDEXED`): each
 combination of those values met in the events gets, once, the list of rules it can match.
 
-Memory is bounded: groups per rule (`rulestate.MAX_GROUPS`, firing groups evicted last), values per
-new_value group (`eventrules.MAX_VALUES`), distinct values per group (twice the rule's count);
+Memory is bounded: groups per rule (`memory.MAX_GROUPS`, firing groups evicted last), values per
+new_value group (`eventkinds.MAX_VALUES`), distinct values per group (twice the rule's count);
 `evicted` counts what was forgotten. `snapshot()` / `restore()` carry all of the state over a
 restart.
 """
