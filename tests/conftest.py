@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from xinf_watch.state.store import Outbox, StateStore
+from xinf_watch.state.outbox import Outbox
+from xinf_watch.state.store import StateStore
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -39,7 +39,8 @@ from xinf_watch.delivery.alerts import (
     targets_for,
 )
 from xinf_watch.model import Alert, AlertStatus, Severity, format_ts
-from xinf_watch.state.store import Outbox, StateStore
+from xinf_watch.state.outbox import Outbox
+from xinf_watch.state.store import StateStore
 
 
 @pytest.fixture(autouse=True)

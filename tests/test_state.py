@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from xinf_watch.model import Alert, AlertStatus, Severity
-from xinf_watch.state.store import BACKOFF_MAX, Outbox, StateStore
+from xinf_watch.state.outbox import BACKOFF_MAX, Outbox
+from xinf_watch.state.store import StateStore
 
 ROOT = Path(__file__).resolve().parents[1]
 

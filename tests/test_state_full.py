@@ -31,7 +31,8 @@ from receivers import HTTPReceiver, wait_until
 
 from xinf_watch.delivery.alerts import AlertJournal
 from xinf_watch.model import Alert, AlertStatus, Severity
-from xinf_watch.state.store import Outbox, StateStore
+from xinf_watch.state.outbox import Outbox
+from xinf_watch.state.store import StateStore
 
 pytestmark = pytest.mark.system
 

@@ -23,7 +23,7 @@ Around the loop:
   makes one round trip to the fleet's Redis (sharedlink.FleetSync): own events out, the fleet's
   in, alerts claimed; without Redis the instance goes on alone and says so;
 - a state dir that cannot be written (disk full, read-only): the loop goes on, the store keeps the
-  state in memory (state/store.py) and the journal its records; the loop retries with backoff (also
+  state in memory (state/mirror.py) and the journal its records; the loop retries with backoff (also
   while idle) until both are written, says so once each way, and exports it
   (`xinf_watch_state_writable`, `xinf_watch_state_write_errors_total`).
 """
@@ -66,7 +66,8 @@ from xinf_watch.keys.sources import KeySources
 from xinf_watch.metrics.store import MetricsStore, StoreCollector
 from xinf_watch.model import Alert
 from xinf_watch.rules.engine import RuleEngine
-from xinf_watch.state.store import Outbox, StateStore
+from xinf_watch.state.outbox import Outbox
+from xinf_watch.state.store import StateStore
 
 log = logging.getLogger("xinf_watch")
 

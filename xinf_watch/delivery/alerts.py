@@ -68,7 +68,8 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import orjson
 
 from xinf_watch.model import ONE_OFF_KINDS, Alert, format_ts
-from xinf_watch.state.store import Outbox, OutboxItem, is_storage_error
+from xinf_watch.state.outbox import Outbox, OutboxItem
+from xinf_watch.state.storage_errors import is_storage_error
 from xinf_watch.visible import tell, visible, visible_json
 
 if TYPE_CHECKING:

@@ -4,7 +4,8 @@ It holds what a restart resumes from (docs/DESIGN.md section 8): the read positi
 JSON blobs (metric counters, rule state, ...), the outbox of alert deliveries and the set of firing
 alerts. `StateStore.commit` writes them all in ONE transaction, so after a crash the positions, the
 counters, the rule state and the alerts that follow from them always agree: a line is either fully
-accounted for or re-read.
+accounted for or re-read. The outbox and the firing set are kept by state/outbox.py (the senders'
+side too), the schema and the connections by state/database.py.
 
 Rules:
 - WAL journal, `synchronous=NORMAL` by default. A WAL commit has written its frames to the WAL file
@@ -18,92 +19,32 @@ Rules:
   `PRAGMA quick_check`, or was written by a newer schema is renamed aside
   (`state.db.corrupt-<UTC time>` / `state.db.newer-<UTC time>`, with its -wal/-shm) with a loud
   message, and a fresh database is created: a bad state file costs a re-read, never a crash loop.
-- The outbox is idempotent: one row per (alert id, status, target), whatever is enqueued twice.
-  Rows are never dropped on failure; delivered rows are kept for a while (`Outbox.prune`) so that a
-  late re-enqueue of the same transition is still recognised.
-- The firing set holds the latest firing transition of every alert not resolved yet (a resolution
-  removes it in the same transaction that enqueues it): what the Alertmanager sender re-sends. It
-  knows nothing of rule kinds; the sender forgets the alerts that no resolution will ever end.
-- Each outbox row carries its notification group (`rule`, `severity`), so the sender can take the
-  due rows of one group without reading the others (delivery/alerts.py groups notifications).
-- `Outbox` is the delivery side: the sender threads share its own connection on the same file, or,
-  given the store (the daemon), the store's connection and lock.
 - A state dir that cannot be written (disk full, read-only, I/O error: `is_storage_error`) never
-  stops the daemon. The first write that fails is rolled back, the database is copied into memory
-  (the mirror) and everything goes on there: commits, the outbox's delivered and failed marks, the
-  firing set, so delivery goes on too. `recover()` (the daemon calls it with backoff) writes what
-  the mirror has that the file has not in one transaction, and the file takes over again. A store
-  that cannot be opened for writing at startup loads the file read-only into the mirror (or starts
-  empty when it cannot be read) and recovers the same way. While the daemon stays up nothing is
-  lost; a kill while in memory loses what the disk did not get: the lines are read again, as after
-  any crash.
+  stops the daemon: the state goes on in memory (the mirror, state/mirror.py) and `recover()` writes
+  it back when the file takes writes again.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import orjson
 
-from xinf_watch.model import Alert, AlertStatus
+from xinf_watch.model import Alert
+from xinf_watch.state.database import DB_NAME, check_existing, connect, create_schema, transaction
+from xinf_watch.state.mirror import copy_of, memory, prepare, read_only_copy, write_back
+from xinf_watch.state.outbox import enqueue
+from xinf_watch.state.storage_errors import describe, is_storage_error
 from xinf_watch.visible import tell
 
-SCHEMA_VERSION = 1
-DB_NAME = "state.db"
-BACKOFF_MAX = 300.0  # seconds between retries of one outbox row, at most
-BUSY_TIMEOUT_MS = 10_000
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS positions (source TEXT PRIMARY KEY, data BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS blobs (name TEXT PRIMARY KEY, data BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value);
-CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY,
-    alert_id TEXT NOT NULL,
-    status TEXT NOT NULL,
-    target TEXT NOT NULL,
-    alert BLOB NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt REAL NOT NULL DEFAULT 0,
-    last_error TEXT,
-    delivered_at REAL,
-    UNIQUE (alert_id, status, target)
-);
-CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (target, id) WHERE delivered_at IS NULL;
-CREATE TABLE IF NOT EXISTS firing (alert_id TEXT PRIMARY KEY, alert BLOB NOT NULL);
-"""
-
-# SQLite primary result codes that mean "this file is damaged", as opposed to "cannot open it"
-_SQLITE_CORRUPT = 11
-_SQLITE_NOTADB = 26
-# ... and those that mean "the storage refuses writes": SQLITE_PERM, READONLY, IOERR, FULL, CANTOPEN
-_SQLITE_STORAGE = frozenset({3, 8, 10, 13, 14})
-_STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT,
-                             errno.EFBIG, errno.EIO})  # fmt: skip
-# the tables a recovery writes back, with their keys; positions are always replaced whole
-_TABLES = (("positions", "source"), ("blobs", "name"), ("meta", "name"), ("outbox", "id"),
-           ("firing", "alert_id"))  # fmt: skip
-_PARTIAL_IDS = 1 << 40  # outbox ids of a mirror that could not copy the file start here: no clash
-
 T = TypeVar("T")
-
-
-def is_storage_error(exc: BaseException) -> bool:
-    """True for an error of the storage under the state dir (full, read-only, I/O), which the
-    daemon survives, as opposed to a bug or a damaged file."""
-    if isinstance(exc, sqlite3.Error):
-        code = getattr(exc, "sqlite_errorcode", None)
-        return code is not None and code & 0xFF in _SQLITE_STORAGE
-    return isinstance(exc, OSError) and exc.errno in _STORAGE_ERRNOS
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,43 +56,10 @@ class Checkpoint:
     committed_at: float | None  # Unix time of the last commit; None for a fresh database
 
 
-@dataclass(frozen=True, slots=True)
-class OutboxItem:
-    id: int
-    target: str
-    alert: dict[str, Any]  # the alert JSON (docs/DESIGN.md section 7)
-    attempts: int
-    next_attempt: float
-    group: str  # notification group: rule and severity (`notification_group`)
-
-
-def notification_group(alert: Alert | Mapping[str, Any]) -> str:
-    """The notification group of an alert: the alerts of one rule and severity are told together."""
-    if isinstance(alert, Alert):
-        return f"{alert.rule}\0{alert.severity.value}"
-    return f"{alert.get('rule')}\0{alert.get('severity')}"
-
-
-def _connect(path: Path, *, create: bool, sync: str) -> sqlite3.Connection:
-    uri = path.resolve().as_uri() + ("?mode=rwc" if create else "?mode=rw")
-    # autocommit mode: transactions are explicit (BEGIN IMMEDIATE ... COMMIT)
-    conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
-    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    conn.execute(f"PRAGMA synchronous = {sync}")
-    return conn
-
-
-def _is_damage(exc: sqlite3.DatabaseError) -> bool:
-    code = getattr(exc, "sqlite_errorcode", None)
-    if code is None:  # pragma: no cover - Python < 3.11 keeps no error code
-        return not isinstance(exc, sqlite3.OperationalError)
-    return code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
-
-
 class StateStore:
     """The writing side: load what the last commit left, commit a batch atomically.
 
-    `writable` is False while the state lives in the mirror (see the module docstring); `error`
+    `writable` is False while the state lives in the mirror (state/mirror.py); `error`
     then says why (the path and the error), `write_errors` counts the writes that failed.
     """
 
@@ -196,7 +104,7 @@ class StateStore:
             os.chmod(self.directory, 0o700)  # mkdir's mode is filtered by the umask
         checking: list[sqlite3.Connection] = []
         try:
-            reason = self._check_existing(checking)
+            reason = check_existing(self.path, checking)
             if reason is not None:
                 self._move_aside(*reason)
         finally:
@@ -204,47 +112,19 @@ class StateStore:
             # by name, which must not happen to the WAL of a file being moved aside
             for checker in checking:
                 checker.close()
-        conn = _connect(self.path, create=True, sync=self._sync)
+        conn = connect(self.path, create=True, sync=self._sync)
         try:
             os.chmod(self.path, 0o600)
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 self._log(f"xinf-watch: state: {self.path}: WAL journal not available (got {mode})")
             conn.execute("BEGIN IMMEDIATE")
-            _create_schema(conn)
+            create_schema(conn)
             conn.execute("COMMIT")
         except BaseException:
             conn.close()
             raise
         return conn
-
-    def _check_existing(self, opened: list[sqlite3.Connection], mode: str = "rw") -> tuple[str, str] | None:
-        """Why the existing file cannot be used (kind, detail), or None when it can (or is absent).
-        The connection it checks with goes to `opened`, for the caller to close."""
-        if not self.path.exists():
-            return None
-        try:
-            conn = sqlite3.connect(self.path.resolve().as_uri() + f"?mode={mode}", uri=True,
-                                   isolation_level=None, check_same_thread=False)  # fmt: skip
-        except sqlite3.DatabaseError as exc:
-            if _is_damage(exc):
-                return "corrupt", str(exc)
-            raise
-        opened.append(conn)
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            rows = conn.execute("PRAGMA quick_check").fetchall()
-            if [tuple(r) for r in rows] != [("ok",)]:
-                detail = "; ".join(str(r[0]) for r in rows[:3])
-                return "corrupt", f"quick_check: {detail}"
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                return "newer", f"schema version {version}, this xinf-watch knows up to {SCHEMA_VERSION}"
-        except sqlite3.DatabaseError as exc:
-            if _is_damage(exc):
-                return "corrupt", str(exc)
-            raise
-        return None
 
     def _move_aside(self, kind: str, detail: str) -> None:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -270,31 +150,13 @@ class StateStore:
     def _start_in_memory(self, exc: BaseException) -> None:
         """Startup without a writable file: the file's checkpoint read read-only, else empty state."""
         self.write_errors += 1
-        self.error = self._describe(exc)
-        mirror = _memory()
-        # read-only; a WAL file closed cleanly has no -shm, which a read-only dir cannot get: then
-        # immutable (no -wal either, so nothing is missed)
-        for mode in ("ro", "ro&immutable=1"):
-            checking: list[sqlite3.Connection] = []
-            try:
-                if self._check_existing(checking, mode=mode) is None and self.path.exists():
-                    checking[0].backup(mirror)
-                    self.loaded = "read-only"
-                    break
-            except sqlite3.Error:
-                pass
-            finally:
-                for checker in checking:
-                    checker.close()
-        if self.loaded != "read-only":
-            mirror.close()
-            mirror, self.loaded = _memory(), "empty"
-        self._use_mirror(mirror, partial=self.loaded == "empty")
+        self.error = describe(exc, self.path)
+        mirror = read_only_copy(self.path)
+        self.loaded = "empty" if mirror is None else "read-only"
+        self._use_mirror(mirror or memory(), partial=mirror is None)
 
     def _use_mirror(self, mirror: sqlite3.Connection, *, partial: bool) -> None:
-        mirror.execute("BEGIN")
-        _create_schema(mirror, outbox_from=_PARTIAL_IDS if partial else None)
-        mirror.execute("COMMIT")
+        prepare(mirror, partial=partial)
         self._mirror, self._partial = mirror, partial
 
     def hold(self, error: str) -> None:
@@ -306,15 +168,9 @@ class StateStore:
                 self._to_memory()
 
     def _to_memory(self) -> None:
-        mirror = _memory()
-        try:
-            assert self._disk is not None
-            self._disk.backup(mirror)
-            partial = False
-        except (OSError, sqlite3.Error):  # the file cannot even be read: what comes is kept alone
-            mirror.close()
-            mirror, partial = _memory(), True
-        self._use_mirror(mirror, partial=partial)
+        assert self._disk is not None
+        mirror = copy_of(self._disk)  # None: the file cannot even be read: what comes is kept alone
+        self._use_mirror(mirror or memory(), partial=mirror is None)
 
     def recover(self) -> bool:
         """Write the mirror's state to the file in one transaction and use the file again; True when
@@ -326,59 +182,16 @@ class StateStore:
             try:
                 if self._disk is None:
                     self._disk = self._open()
-                self._write_back(mirror)
+                write_back(mirror, self.path, sync=self._sync, partial=self._partial)
             except (OSError, sqlite3.Error) as exc:
                 if not is_storage_error(exc):
                     raise
                 self.write_errors += 1
-                self.error = self._describe(exc)
+                self.error = describe(exc, self.path)
                 return False
             mirror.close()
             self._mirror, self._partial, self.error = None, False, None
             return True
-
-    def _write_back(self, mirror: sqlite3.Connection) -> None:
-        """What the mirror has that the file has not, in one transaction on the file. The file has not
-        changed since the mirror copied it, so rows missing from the mirror were deleted there (a
-        partial mirror deletes nothing but positions, which every commit gives whole)."""
-        mirror.execute("ATTACH DATABASE ? AS disk", (self.path.resolve().as_uri() + "?mode=rw",))
-        try:
-            mirror.execute(f"PRAGMA disk.synchronous = {self._sync}")
-            mirror.execute("BEGIN IMMEDIATE")
-            try:
-                for table, key in _TABLES:
-                    names = ", ".join(row[1] for row in mirror.execute(f"PRAGMA main.table_info({table})"))
-                    if table == "positions" or not self._partial:
-                        mirror.execute(f"DELETE FROM disk.{table}"
-                                       f" WHERE {key} NOT IN (SELECT {key} FROM main.{table})")  # fmt: skip
-                    changed = f"SELECT {names} FROM main.{table} EXCEPT SELECT {names} FROM disk.{table}"
-                    mirror.execute(f"INSERT OR REPLACE INTO disk.{table} ({names}) {changed}")
-                mirror.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    if mirror.in_transaction:
-                        mirror.execute("ROLLBACK")
-                raise
-        finally:
-            mirror.execute("DETACH DATABASE disk")
-
-    def _describe(self, exc: BaseException) -> str:
-        """The path and the error, with the OS's own word for it when SQLite has only its own
-        ("database or disk is full"): a small file written in the state dir finds it out."""
-        if isinstance(exc, OSError):
-            return f"{exc.filename or self.path}: {exc.strerror or exc}"
-        probe = self.directory / ".xinf-watch-probe"
-        why = ""
-        try:
-            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            try:
-                os.write(fd, bytes(65536))
-            finally:
-                os.close(fd)
-                os.unlink(probe)
-        except OSError as os_exc:
-            why = f" ({os_exc.strerror or os_exc})"
-        return f"{self.path}: {exc}{why}"
 
     # -- reading and writing --------------------------------------------------------------------
 
@@ -389,15 +202,15 @@ class StateStore:
             if self._mirror is None:
                 assert self._disk is not None
                 try:
-                    return _transaction(self._disk, work)
+                    return transaction(self._disk, work)
                 except (OSError, sqlite3.Error) as exc:
                     if not is_storage_error(exc):
                         raise
                     self.write_errors += 1
-                    self.error = self._describe(exc)
+                    self.error = describe(exc, self.path)
                     self._to_memory()
             assert self._mirror is not None
-            return _transaction(self._mirror, work)
+            return transaction(self._mirror, work)
 
     def load(self) -> Checkpoint:
         with self.lock:
@@ -430,20 +243,7 @@ class StateStore:
                 "INSERT OR REPLACE INTO blobs (name, data) VALUES (?, ?)",
                 [(name, orjson.dumps(value)) for name, value in blobs.items()],
             )
-            rows: list[tuple[str, str, str, bytes, str]] = []
-            for alert, targets in alerts:
-                body = orjson.dumps(alert.to_json())
-                group = notification_group(alert)
-                rows.extend((alert.id, alert.status.value, target, body, group) for target in targets)
-                if alert.status is AlertStatus.FIRING:
-                    conn.execute("INSERT OR REPLACE INTO firing (alert_id, alert) VALUES (?, ?)",
-                                 (alert.id, body))  # fmt: skip
-                else:
-                    conn.execute("DELETE FROM firing WHERE alert_id = ?", (alert.id,))
-            conn.executemany(
-                "INSERT OR IGNORE INTO outbox (alert_id, status, target, alert, grp) VALUES (?, ?, ?, ?, ?)",
-                rows,
-            )
+            enqueue(conn, alerts)
             conn.execute(
                 "INSERT OR REPLACE INTO meta (name, value) VALUES ('committed_at', ?)", (time.time(),)
             )
@@ -469,218 +269,3 @@ class StateStore:
             for conn in (self._mirror, self._disk):
                 if conn is not None:
                     conn.close()
-
-
-def _memory() -> sqlite3.Connection:
-    conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
-    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")  # for the file a recovery attaches
-    return conn
-
-
-def _create_schema(conn: sqlite3.Connection, *, outbox_from: int | None = None) -> None:
-    """The tables (in the caller's transaction); `outbox_from`: a fresh outbox numbers its rows from
-    there (a mirror that did not copy the file: its rows must not take the ids of the file's)."""
-    schema = _SCHEMA
-    if outbox_from is not None:
-        schema = schema.replace("id INTEGER PRIMARY KEY,", "id INTEGER PRIMARY KEY AUTOINCREMENT,")
-    for statement in filter(None, (s.strip() for s in schema.split(";"))):
-        conn.execute(statement)
-    columns = {row[1] for row in conn.execute("PRAGMA table_info(outbox)")}
-    if "grp" not in columns:  # a database of an earlier release: its rows group by themselves
-        conn.execute("ALTER TABLE outbox ADD COLUMN grp TEXT NOT NULL DEFAULT ''")
-    if outbox_from is not None and conn.execute("SELECT count(*) FROM outbox").fetchone()[0] == 0:
-        conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('outbox', ?)", (outbox_from,))
-    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-
-
-def _transaction(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        result = work(conn)
-        conn.execute("COMMIT")
-    except BaseException:
-        with contextlib.suppress(sqlite3.Error):  # SQLite may have rolled back already (full at COMMIT)
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-        raise
-    return result
-
-
-class Outbox:
-    """The delivery side of the outbox, on its own connection (safe to use from the sender thread).
-
-    Per target, rows go out in the order they were enqueued: a row waiting for its retry holds back
-    the later rows of the same target (so a resolution never overtakes its firing), never those of
-    other targets.
-    """
-
-    def __init__(
-        self, directory: Path, *, sync: Literal["NORMAL", "FULL"] = "NORMAL", store: StateStore | None = None
-    ) -> None:
-        """`store`: use the store's connection and lock, so the outbox follows it into memory and
-        back (a state dir that cannot be written); else a connection of its own on the file."""
-        self._store = store
-        self._own = None if store else _connect(Path(directory) / DB_NAME, create=False, sync=sync)
-        self._lock: threading.Lock | threading.RLock = threading.Lock() if store is None else store.lock
-
-    @property
-    def _conn(self) -> sqlite3.Connection:
-        if self._store is not None:
-            return self._store.connection()
-        assert self._own is not None
-        return self._own
-
-    def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        if self._store is not None:
-            return self._store.write(work)
-        with self._lock:
-            return work(self._conn)
-
-    def pending(self) -> int:
-        with self._lock:
-            return int(
-                self._conn.execute("SELECT count(*) FROM outbox WHERE delivered_at IS NULL").fetchone()[0]
-            )
-
-    def due(
-        self,
-        now: float,
-        limit: int = 100,
-        *,
-        only: str | None = None,
-        besides: str | None = None,
-        skip: Collection[tuple[str, str]] = (),
-        exclude: Collection[str] = (),
-        groups: Collection[str] | None = None,
-    ) -> list[OutboxItem]:
-        """Due rows in order: of target `only` (if given), not of target `besides` nor of the targets
-        in `exclude`, and not of the (target, group) pairs in `skip` (groups the sender holds back);
-        of the notification `groups` only, if given."""
-        where, params = self._lane("o", only, besides, skip, exclude)
-        if groups is not None:
-            where += " AND o.grp IN (" + ",".join(f":grp{n}" for n in range(len(groups))) + ")"
-            params.update({f"grp{n}": group for n, group in enumerate(groups)})
-        with self._lock:
-            rows = self._conn.execute(
-                f"""SELECT id, target, alert, attempts, next_attempt, grp FROM outbox AS o
-                   WHERE delivered_at IS NULL AND next_attempt <= :now{where}
-                     AND NOT EXISTS (SELECT 1 FROM outbox AS p
-                                     WHERE p.target = o.target AND p.delivered_at IS NULL
-                                       AND p.id < o.id AND p.next_attempt > :now)
-                   ORDER BY id LIMIT :limit""",
-                {**params, "now": now, "limit": limit},
-            ).fetchall()
-        return [OutboxItem(i, t, orjson.loads(a), n, nxt, g) for i, t, a, n, nxt, g in rows]
-
-    def pending_groups(self, target: str) -> list[str]:
-        """The notification groups that have pending rows for `target`."""
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT DISTINCT grp FROM outbox WHERE delivered_at IS NULL AND target = ?", (target,)
-            ).fetchall()
-        return [row[0] for row in rows]
-
-    def due_targets(
-        self,
-        now: float,
-        *,
-        only: str | None = None,
-        besides: str | None = None,
-        skip: Collection[tuple[str, str]] = (),
-        exclude: Collection[str] = (),
-    ) -> list[str]:
-        """The targets that have a due row (as `due` chooses them), each once."""
-        with self._lock:
-            pending = [row[0] for row in self._conn.execute(
-                "SELECT DISTINCT target FROM outbox WHERE delivered_at IS NULL ORDER BY target")]  # fmt: skip
-        chosen = [t for t in pending if (only is None or t == only) and t != besides and t not in exclude]
-        return [t for t in chosen if self.due(now, 1, only=t, skip=skip)]
-
-    @staticmethod
-    def _lane(
-        table: str,
-        only: str | None,
-        besides: str | None,
-        skip: Collection[tuple[str, str]],
-        exclude: Collection[str] = (),
-    ) -> tuple[str, dict[str, Any]]:
-        """An SQL condition (starting with AND) on the rows of `table` and its parameters."""
-        where, params = "", dict[str, Any]()
-        for n, target in enumerate(exclude):
-            where += f" AND {table}.target != :x{n}"
-            params[f"x{n}"] = target
-        if only is not None:
-            where, params["only"] = f" AND {table}.target = :only", only
-        if besides is not None:
-            where, params["besides"] = where + f" AND {table}.target != :besides", besides
-        for n, (target, group) in enumerate(skip):
-            where += f" AND NOT ({table}.target = :t{n} AND {table}.grp = :g{n})"
-            params[f"t{n}"], params[f"g{n}"] = target, group
-        return where, params
-
-    def next_due(
-        self,
-        *,
-        only: str | None = None,
-        besides: str | None = None,
-        skip: Collection[tuple[str, str]] = (),
-        exclude: Collection[str] = (),
-    ) -> float | None:
-        """When the earliest row could become due (the oldest pending row of each target, leaving out
-        the groups in `skip` and the targets in `exclude`), or None."""
-        where, params = self._lane("o", only, besides, skip, exclude)
-        inner, _ = self._lane("p", None, None, skip)
-        with self._lock:
-            row = self._conn.execute(
-                f"""SELECT min(next_attempt) FROM outbox AS o
-                   WHERE delivered_at IS NULL{where}
-                     AND id = (SELECT min(id) FROM outbox AS p
-                               WHERE p.target = o.target AND p.delivered_at IS NULL{inner})""",
-                params,
-            ).fetchone()
-        return None if row[0] is None else float(row[0])
-
-    def firing(self) -> list[dict[str, Any]]:
-        """The firing set: the latest firing transition of every alert not resolved (or forgotten)."""
-        with self._lock:
-            rows = self._conn.execute("SELECT alert FROM firing ORDER BY rowid").fetchall()
-        return [orjson.loads(row[0]) for row in rows]
-
-    def forget_firing(self, alert_ids: Collection[str]) -> None:
-        """Take alerts out of the firing set that no resolution will ever end (one-off events)."""
-        rows = [(i,) for i in alert_ids]
-        self._write(lambda conn: conn.executemany("DELETE FROM firing WHERE alert_id = ?", rows))
-
-    def delivered(self, item_id: int, now: float | None = None) -> None:
-        when = time.time() if now is None else now
-        sql = "UPDATE outbox SET delivered_at = ?, last_error = NULL WHERE id = ?"
-        self._write(lambda conn: conn.execute(sql, (when, item_id)))
-
-    def failed(self, item_ids: int | Sequence[int], now: float, error: str) -> None:
-        """Retry later: 1 s after the first failure, then 2 s, 4 s, ... at most BACKOFF_MAX. Never dropped.
-        The rows of one failed message (several ids) come due again together, after the backoff of
-        the most tried one: a message is retried whole."""
-        ids = [item_ids] if isinstance(item_ids, int) else list(item_ids)
-        marks = ",".join("?" * len(ids))
-
-        def work(conn: sqlite3.Connection) -> None:
-            (tried,) = conn.execute(f"SELECT max(attempts) FROM outbox WHERE id IN ({marks})", ids)
-            delay = min(BACKOFF_MAX, float(1 << min(int(tried[0] or 0), 20)))
-            conn.execute(
-                f"""UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt = ?
-                   WHERE id IN ({marks})""",
-                [error[:1000], now + delay, *ids],
-            )
-
-        self._write(work)
-
-    def prune(self, before: float) -> int:
-        """Forget rows delivered before `before`; returns how many."""
-        sql = "DELETE FROM outbox WHERE delivered_at IS NOT NULL AND delivered_at < ?"
-        return self._write(lambda conn: conn.execute(sql, (before,)).rowcount)
-
-    def close(self) -> None:
-        """Closes its own connection (a store's is the store's to close)."""
-        with self._lock:
-            if self._own is not None:
-                self._own.close()
