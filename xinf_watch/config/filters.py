@@ -17,16 +17,9 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, PlainValidator
 
-from xinf_watch.config.values import (
-    LoadContext,
-    Network,
-    check_method,
-    check_route_path,
-    check_text,
-    each,
-    fail,
-    one_of,
-)
+from xinf_watch.config.context import LoadContext, each
+from xinf_watch.config.networks import Network
+from xinf_watch.config.values import check_method, check_route_path, check_text, fail, one_of
 from xinf_watch.config.yamlsource import Expect, show
 from xinf_watch.model import CredentialKind, KeyState, Outcome
 from xinf_watch.userregex import UserRegex
@@ -124,6 +117,4 @@ class FilterConfig(BaseModel):
     status: Annotated[StatusSet | None, _list_of(_status, StatusSet.of)] = None
     method: Annotated[frozenset[str] | None, _list_of(check_method, frozenset)] = None
     path: Annotated[tuple[str, ...] | None, _list_of(check_route_path)] = None
-    user_agent: Annotated[UserRegex | None, PlainValidator(_regex), Expect("a regular expression")] = (
-        None
-    )
+    user_agent: Annotated[UserRegex | None, PlainValidator(_regex), Expect("a regular expression")] = None

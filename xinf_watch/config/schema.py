@@ -47,42 +47,38 @@ from pydantic import (
     model_validator,
 )
 
+from xinf_watch.config.context import LoadContext, each, load_context
 from xinf_watch.config.errors import problems_from
 from xinf_watch.config.filters import FilterConfig, StatusSet
-from xinf_watch.config.values import (
-    EVENT_FIELDS,
-    HAPROXY_FIELDS,
-    INTERNAL_NETWORKS,
-    JSON_FIELDS,
-    JSON_PRESETS,
-    SOURCE_FORMATS,
-    LoadContext,
-    Network,
-    check_duration,
+from xinf_watch.config.locations import (
     check_env,
     check_glob,
-    check_key_name,
-    check_listen,
-    check_log_format,
-    check_method,
-    check_name,
-    check_network,
     check_notify_target,
     check_path,
     check_redis_url,
+    check_url,
+)
+from xinf_watch.config.networks import INTERNAL_NETWORKS, Network, check_listen, check_network, parse_listen
+from xinf_watch.config.values import (
+    EVENT_FIELDS,
+    HAPROXY_FIELDS,
+    JSON_FIELDS,
+    JSON_PRESETS,
+    SOURCE_FORMATS,
+    check_duration,
+    check_key_name,
+    check_log_format,
+    check_method,
+    check_name,
     check_regex_source,
     check_route_path,
     check_text,
-    check_url,
     check_value_field,
     check_version,
-    each,
     format_duration,
     listify,
-    load_context,
     one_of,
     parse_duration,
-    parse_listen,
 )
 from xinf_watch.config.yamlsource import (
     ConfigError,
@@ -123,7 +119,9 @@ ValueField = Annotated[
     str, PlainValidator(check_value_field), Expect("an event field or ip/<prefix>, e.g. ip or ip/24")
 ]
 ResolvedPath = Annotated[Path, PlainValidator(check_path), Expect("a file path")]
-RedisUrl = Annotated[str, PlainValidator(check_redis_url), Expect("a Redis URL, e.g. redis://127.0.0.1:6379/0")]
+RedisUrl = Annotated[
+    str, PlainValidator(check_redis_url), Expect("a Redis URL, e.g. redis://127.0.0.1:6379/0")
+]
 
 
 class Frozen(BaseModel):
