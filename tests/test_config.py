@@ -8,23 +8,19 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from xinf_watch.config.schema import (
+from xinf_watch.config.filters import StatusSet
+from xinf_watch.config.rules import (
     AbsentRule,
-    Config,
-    ConfigError,
     DistinctRule,
     KeyExpiryRule,
     MatchRule,
     NewValueRule,
-    SourceConfig,
     SpikeRule,
-    StatusSet,
     ThresholdRule,
-    empty_config,
-    load_config,
-    parse_duration,
 )
-from xinf_watch.config.values import format_duration
+from xinf_watch.config.schema import Config, ConfigError, empty_config, load_config
+from xinf_watch.config.sources import SourceConfig
+from xinf_watch.config.values import format_duration, parse_duration
 from xinf_watch.keys.files import KeyFileError, load_registry
 from xinf_watch.model import CredentialKind, KeyState, Outcome, Severity
 

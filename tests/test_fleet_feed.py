@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 from paths import FIXTURES
 
 from xinf_watch.app.pipeline import Pipeline
-from xinf_watch.config.schema import SourceConfig, empty_config, load_config
+from xinf_watch.config.schema import empty_config, load_config
+from xinf_watch.config.sources import SourceConfig
 from xinf_watch.fleet import feed as fleet
 from xinf_watch.fleet.feed import Entry, FleetFeed, claim_name, event_from_row, event_row
 from xinf_watch.keys.files import load_registry

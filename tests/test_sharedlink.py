@@ -22,7 +22,8 @@ from tools import require_module, require_program
 
 from xinf_watch.app.fleetsync import FleetSync
 from xinf_watch.app.pipeline import Pipeline
-from xinf_watch.config.schema import SourceConfig, empty_config, load_config
+from xinf_watch.config.schema import empty_config, load_config
+from xinf_watch.config.sources import SourceConfig
 from xinf_watch.fleet.feed import FleetFeed, claim_name
 from xinf_watch.fleet.link import (
     CLAIM_PREFIX,

@@ -25,7 +25,8 @@ from paths import FIXTURES
 from xinf_watch.app.cli import main
 from xinf_watch.app.pipeline import Pipeline
 from xinf_watch.app.replay import ReplayInput, replay, rotation_order, source_files
-from xinf_watch.config.schema import ConfigError, SourceConfig, empty_config, load_config
+from xinf_watch.config.schema import ConfigError, empty_config, load_config
+from xinf_watch.config.sources import SourceConfig
 from xinf_watch.ingest.lines import MAX_LINE_BYTES
 from xinf_watch.ingest.wrappers import Unwrapper, runtime_time, unwrapped
 from xinf_watch.keys.registry import KeyRegistry

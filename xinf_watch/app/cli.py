@@ -21,7 +21,8 @@ from xinf_watch import __version__
 from xinf_watch.app.alertsummary import DEFAULT_TOP, format_table, to_json
 from xinf_watch.app.pipeline import Pipeline
 from xinf_watch.app.replay import ReplayInput, replay, replay_summary, source_files
-from xinf_watch.config.schema import Config, ConfigError, SourceConfig, empty_config, load_config
+from xinf_watch.config.schema import Config, ConfigError, empty_config, load_config
+from xinf_watch.config.sources import SourceConfig
 from xinf_watch.ingest.wrappers import WRAPPERS
 from xinf_watch.keys.audit import DEFAULT_MAX_AGE, DEFAULT_WITHIN, duration_arg, run_keys_audit, time_arg
 from xinf_watch.keys.files import KeyFileError, load_registry

@@ -47,7 +47,8 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from xinf_watch.app.pipeline import Pipeline
 from xinf_watch.app.service import MetricsServer, Notifier
-from xinf_watch.config.schema import Config, ConfigError, SourceConfig, load_config
+from xinf_watch.config.schema import Config, ConfigError, load_config
+from xinf_watch.config.sources import SourceConfig
 from xinf_watch.delivery.alerts import (
     ALERTMANAGER,
     AlertJournal,

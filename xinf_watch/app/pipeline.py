@@ -28,7 +28,8 @@ from typing import Any
 
 from xinf_watch.attribution.attribute import Attributor
 from xinf_watch.attribution.scopes import ScopeOverride, load_scope_map
-from xinf_watch.config.schema import Config, ConfigError, SourceConfig
+from xinf_watch.config.schema import Config, ConfigError
+from xinf_watch.config.sources import SourceConfig
 from xinf_watch.formats import Parser, build_parser
 from xinf_watch.ingest.wrappers import Unwrapper, runtime_time
 from xinf_watch.keys.registry import KeyRegistry

@@ -22,6 +22,14 @@ Checks that span several fields of one source or rule (options per format, spike
 once that object's own fields are valid; everything else is reported in one go. Objects built in
 code rather than loaded (`SourceConfig(...)` for an ad-hoc replay source) skip the checks that need
 the file: cross references and path resolution.
+
+This module holds the top level (`Config`), the small sections (`scopes`, `metrics`, `state`) and
+the loading, in steps: the checks of the file as a whole, validation, where the key files are named.
+The other sections have their own modules: `sources` in config/sources.py, `rules` in
+config/rules.py (their `when:` in config/filters.py), `notify`, `alertmanager` and `delivery` in
+config/targets.py; the field types they share are in config/fields.py. The values and their checks:
+config/values.py (durations, names, regexes), config/networks.py, config/locations.py (paths, URLs,
+`${VAR}`), config/context.py (references to the rest of the file).
 """
 
 from __future__ import annotations
@@ -30,183 +38,41 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Annotated, Any, Literal, Self, get_args
+from typing import Annotated, Any
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     PlainValidator,
     PrivateAttr,
-    Strict,
     ValidationError,
     ValidationInfo,
-    field_validator,
-    model_validator,
 )
 
-from xinf_watch.config.context import LoadContext, each, load_context
+from xinf_watch.config.context import each, load_context
 from xinf_watch.config.errors import problems_from
-from xinf_watch.config.filters import FilterConfig, StatusSet
-from xinf_watch.config.locations import (
-    check_env,
-    check_glob,
-    check_notify_target,
-    check_path,
-    check_redis_url,
-    check_url,
-)
+from xinf_watch.config.fields import Frozen, Name, RedisUrl, ResolvedPath, Where
 from xinf_watch.config.networks import INTERNAL_NETWORKS, Network, check_listen, check_network, parse_listen
-from xinf_watch.config.values import (
-    EVENT_FIELDS,
-    HAPROXY_FIELDS,
-    JSON_FIELDS,
-    JSON_PRESETS,
-    SOURCE_FORMATS,
-    check_duration,
-    check_key_name,
-    check_log_format,
-    check_method,
-    check_name,
-    check_regex_source,
-    check_route_path,
-    check_text,
-    check_value_field,
-    check_version,
-    format_duration,
-    listify,
-    one_of,
-    parse_duration,
-)
+from xinf_watch.config.rules import RuleConfig
+from xinf_watch.config.sources import SourceConfig
+from xinf_watch.config.targets import AlertmanagerConfig, DeliveryConfig, notify_target
+from xinf_watch.config.values import check_key_name, check_method, check_route_path, check_text, listify
 from xinf_watch.config.yamlsource import (
     ConfigError,
+    Document,
     Expect,
     Problem,
     Problems,
-    TagNoun,
     load_document,
-    not_one_of,
     render_loc,
     show,
 )
-from xinf_watch.ingest.wrappers import WRAPPERS
-from xinf_watch.model import Severity
 
 __all__ = [
-    "AbsentRule", "AlertmanagerConfig", "Config", "ConfigError", "DeliveryConfig", "DistinctRule",
-    "FilterConfig", "KeyExpiryRule", "MatchRule", "MetricsConfig", "Network", "NewValueRule", "RULE_KINDS",
-    "RuleConfig", "ScopeRouteConfig", "SourceConfig", "SpikeRule", "StateConfig", "StatusSet",
-    "ThresholdRule", "empty_config", "load_config", "parse_duration",
+    "Config", "ConfigError", "MetricsConfig", "ScopeRouteConfig", "StateConfig", "empty_config",
+    "load_config",
 ]  # fmt: skip
-
-RULE_KINDS = ("match", "threshold", "new_value", "spike", "key_expiry", "absent", "distinct")
-_DURATION = Expect("a duration, e.g. 30s, 5m, 1h")
-Where = tuple[str | int, ...]
-
-Duration = Annotated[float, PlainValidator(check_duration(positive=True)), _DURATION]
-DurationOrZero = Annotated[float, PlainValidator(check_duration(positive=False)), _DURATION]
-Count = Annotated[int, Strict(), Field(ge=1), Expect("an integer >= 1")]
-CountOrZero = Annotated[int, Strict(), Field(ge=0), Expect("an integer >= 0")]
-Name = Annotated[str, PlainValidator(check_name), Expect("a name without spaces, e.g. gateway")]
-EventFields = Annotated[
-    tuple[str, ...],
-    PlainValidator(each(one_of("an event field", EVENT_FIELDS), empty=True)),
-    Expect("a list of event fields, e.g. [ip] or [key]"),
-]
-ValueField = Annotated[
-    str, PlainValidator(check_value_field), Expect("an event field or ip/<prefix>, e.g. ip or ip/24")
-]
-ResolvedPath = Annotated[Path, PlainValidator(check_path), Expect("a file path")]
-RedisUrl = Annotated[
-    str, PlainValidator(check_redis_url), Expect("a Redis URL, e.g. redis://127.0.0.1:6379/0")
-]
-
-
-class Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _regex_pattern(value: Any, info: ValidationInfo) -> str | None:
-    # `wrapper` is declared before `pattern`, so it is validated first: with one, `ts` may be left out
-    return check_regex_source(value, time_optional=info.data.get("wrapper") is not None)
-
-
-class SourceConfig(Frozen):
-    name: Name
-    path: Annotated[str, PlainValidator(check_glob), Expect("a file path or glob")]  # absolute
-    format: Annotated[
-        str,
-        PlainValidator(one_of("a source format", SOURCE_FORMATS)),
-        Expect("one of " + ", ".join(SOURCE_FORMATS)),
-    ]
-    # nginx: a log_format string; a preset name ("combined", "combined_key") means that preset
-    log_format: Annotated[str | None, PlainValidator(check_log_format)] = None
-    preset: Annotated[str | None, PlainValidator(one_of("a json preset", JSON_PRESETS, optional=True))] = None
-    # json: record field -> dotted path in the object; haproxy: {captures: "Authorization|User-Agent"}
-    fields: Annotated[
-        Mapping[str, str] | None, AfterValidator(lambda m: None if m is None else MappingProxyType(dict(m)))
-    ] = None
-    # the container runtime's wrapping of each line (ingest/wrappers.py): cri or docker; None: plain lines
-    wrapper: Annotated[str | None, PlainValidator(one_of("a wrapper", WRAPPERS, optional=True))] = None
-    pattern: Annotated[str | None, PlainValidator(_regex_pattern), Expect("a regular expression")] = None
-    start_at: Annotated[
-        Literal["end", "beginning"], BeforeValidator(one_of("a start position", ("end", "beginning")))
-    ] = "end"
-    xinference_version: Annotated[
-        str | None, PlainValidator(check_version), Expect('a version, e.g. "4"')
-    ] = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _nginx_default(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("format") == "nginx" and data.get("log_format") is None:
-            return {**data, "log_format": "combined_key"}
-        return data
-
-    @field_validator("fields", mode="before")
-    @classmethod
-    def _field_names(cls, value: Any, info: ValidationInfo) -> Any:
-        known = {"json": JSON_FIELDS, "haproxy": HAPROXY_FIELDS}.get(info.data.get("format", ""))
-        if isinstance(value, dict) and known:
-            bad = [((key,), not_one_of(key, "a field", known)) for key in value if key not in known]
-            if bad:
-                raise Problems(bad)
-        return value
-
-    @model_validator(mode="after")
-    def _per_format(self) -> Self:
-        wrong: list[tuple[Where, str]] = []
-        uses = {
-            "log_format": ("nginx",),
-            "preset": ("json",),
-            "pattern": ("regex",),
-            "fields": ("json", "haproxy"),
-        }
-        for option, formats in uses.items():
-            if getattr(self, option) is not None and self.format not in formats:
-                only = " or ".join(formats)
-                wrong.append(
-                    ((option,), f"not used by format {self.format} (expected it only with format {only})")
-                )
-        if self.format == "json" and not self.preset:
-            required = JSON_FIELDS[:5]
-            missing = [f for f in required if not (self.fields or {}).get(f)]
-            if not self.fields:
-                presets = ", ".join(JSON_PRESETS)
-                message = (
-                    f"a json source needs a preset or fields (expected preset: {presets}, and/or fields)"
-                )
-                wrong.append(((), message))
-            elif missing:
-                message = f"no path for {', '.join(missing)} (expected {', '.join(required)}, or a preset)"
-                wrong.append((("fields",), message))
-        if self.format == "regex" and not self.pattern:
-            wrong.append((("pattern",), "missing required field (expected a regular expression)"))
-        if wrong:
-            raise Problems(wrong)
-        return self
 
 
 class ScopeRouteConfig(Frozen):
@@ -236,174 +102,6 @@ class StateConfig(Frozen):
     instance: Name | None = None  # this instance in the fleet; default: the host name
 
 
-class AlertmanagerConfig(Frozen):
-    url: Annotated[str, PlainValidator(check_url), Expect("an http(s) URL, e.g. http://127.0.0.1:9093")]
-    resend_interval: Duration = 60.0  # firing alerts are posted again this often (endsAt: 4 x ahead)
-    event_ttl: Duration = 3600.0  # match / new_value alerts stay active this long after their last hit
-
-
-class DeliveryConfig(Frozen):
-    # apprise groups: alerts of a rule that follow a message within this wait and go out together
-    group_interval: DurationOrZero = 30.0
-
-
-# -- rules -------------------------------------------------------------------------------------
-
-
-class RuleBase(Frozen):
-    name: Name
-    kind: str
-    when: Annotated[FilterConfig, Expect("a mapping of filters, e.g. {outcome: denied}")] = FilterConfig()
-    by: EventFields = ()
-    severity: Annotated[Severity, BeforeValidator(one_of("a severity", [s.value for s in Severity]))] = (
-        Severity.WARNING
-    )
-    notify: Annotated[
-        tuple[str, ...],
-        PlainValidator(each(lambda v, ctx: ctx.notify_group(v), empty=True)),
-        Expect("a list of notify groups"),
-    ] = ()
-    cooldown: DurationOrZero = 600.0
-    max_alerts: CountOrZero = 20  # firing alerts in any 10 minutes; more make one flood alert (0: no limit)
-
-    @field_validator("when", mode="before")
-    @classmethod
-    def _empty_when(cls, value: Any) -> Any:
-        return {} if value is None else value  # `when:` with every line commented out
-
-
-class MatchRule(RuleBase):
-    kind: Literal["match"]
-
-
-class ThresholdRule(RuleBase):
-    kind: Literal["threshold"]
-    count: Count
-    window: Duration
-
-
-ALLOWED_IPS = "allowed_ips"  # in a new_value rule's `known`: the key's own allowed_ips
-
-
-def _known_network(value: Any, ctx: LoadContext) -> tuple[Network | str, ...]:
-    return (ALLOWED_IPS,) if value == ALLOWED_IPS else ctx.network_ref(value)
-
-
-def _flatten(items: list[tuple[Network | str, ...]]) -> tuple[Network | str, ...]:
-    return tuple(item for group in items for item in group)
-
-
-class NewValueRule(RuleBase):
-    kind: Literal["new_value"]
-    value: ValueField
-    learn: DurationOrZero = 0.0
-    forget: Duration = 30 * 86400.0
-    # addresses never new for this rule: CIDRs, network names, `allowed_ips` (the key's own)
-    known: Annotated[
-        tuple[Network | str, ...],
-        PlainValidator(each(_known_network, empty=True, finish=_flatten)),
-        Expect("a list of CIDRs, network names or allowed_ips"),
-    ] = ()
-
-    @model_validator(mode="after")
-    def _known_needs_addresses(self) -> Self:
-        if self.known and not (self.value == "ip" or self.value.startswith("ip/")):
-            message = f"only for addresses (expected value: ip or ip/N, not {self.value})"
-            raise Problems([(("known",), message)])
-        return self
-
-
-class SpikeRule(RuleBase):
-    kind: Literal["spike"]
-    window: Duration
-    factor: Annotated[float, Field(gt=1), Expect("a number > 1, e.g. 5")]
-    min_count: Count
-    baseline: Duration = 3600.0
-    daily: bool = False  # compare with the same time of day on the previous days of `baseline`
-
-    @model_validator(mode="after")
-    def _baseline_longer(self) -> Self:
-        if self.daily and self.baseline < 86400:
-            message = (
-                f"{format_duration(self.baseline)} is shorter than a day "
-                "(expected with daily: true the days of history to compare with, e.g. 7d)"
-            )
-            raise Problems([(("baseline",), message)])
-        if self.baseline <= self.window:
-            message = (
-                f"{format_duration(self.baseline)} is not longer than window {format_duration(self.window)} "
-                "(expected a baseline longer than the window, e.g. 1h)"
-            )
-            raise Problems([(("baseline",), message)])
-        return self
-
-
-class _NotPerEvent(RuleBase):
-    """Kinds that look at the clock, not at events: they group by their own subject, not `by`."""
-
-    @field_validator("by", mode="before")
-    @classmethod
-    def _by_not_used(cls, value: Any) -> Any:
-        raise ValueError(f"not used by kind {_kind_of(cls)} (expected it left out)")
-
-
-def _kind_of(cls: type[BaseModel]) -> str:
-    return str(get_args(cls.model_fields["kind"].annotation)[0])
-
-
-class KeyExpiryRule(_NotPerEvent):
-    kind: Literal["key_expiry"]
-    by: EventFields = ("key",)
-    within: Duration = 7 * 86400.0
-    max_age: Duration | None = None
-    no_expiry: bool = False  # also alert on keys without an expiry
-    only_used: bool = True  # only keys seen in use
-    # with only_used: a key unused this long is not watched (its clients moved to a successor)
-    unused_after: Duration | None = None
-
-    @field_validator("when")
-    @classmethod
-    def _keys_only(cls, value: FilterConfig) -> FilterConfig:
-        """`when` picks registry keys here: only `key` and `owner` mean anything."""
-        other = [name for name, given in value if given is not None and name not in ("key", "owner")]
-        if other:
-            raise Problems(
-                [((name,), "not used by kind key_expiry (expected only key and owner)") for name in other]
-            )
-        return value
-
-
-class AbsentRule(_NotPerEvent):
-    kind: Literal["absent"]
-    by: EventFields = ("source",)
-    for_: Duration = Field(alias="for")
-    sources: Annotated[
-        tuple[str, ...],
-        PlainValidator(each(lambda v, ctx: ctx.source_name(v), empty=False, default_all=True)),
-        Expect("a list of source names"),
-    ] = Field(default=(), validate_default=True)  # left out: every source of the file
-
-    @field_validator("when", mode="before")
-    @classmethod
-    def _when_not_used(cls, value: Any) -> Any:
-        raise ValueError("not used by kind absent (expected sources: to choose the sources)")
-
-
-class DistinctRule(RuleBase):
-    kind: Literal["distinct"]
-    value: ValueField
-    count: Count
-    window: Duration
-
-
-RuleConfig = Annotated[
-    MatchRule | ThresholdRule | NewValueRule | SpikeRule | KeyExpiryRule | AbsentRule | DistinctRule,
-    Field(discriminator="kind"),
-    TagNoun("a rule kind"),
-    Expect("a rule: a mapping with name, kind and the kind's fields"),
-]
-
-
 def _mapping_of(check_values: Any, expect: str) -> Any:
     """A validator for a mapping of names (networks, notify groups) to lists."""
 
@@ -428,10 +126,6 @@ def _mapping_of(check_values: Any, expect: str) -> Any:
     return PlainValidator(validate)
 
 
-def _notify_target(value: Any, ctx: LoadContext) -> str:
-    return check_notify_target(value, check_env(value, ctx), ctx)
-
-
 def _with_internal(networks: Mapping[str, tuple[Network, ...]]) -> Mapping[str, tuple[Network, ...]]:
     return MappingProxyType({"internal": INTERNAL_NETWORKS, **networks})
 
@@ -453,7 +147,7 @@ class Config(Frozen):
     state: StateConfig = StateConfig()
     notify: Annotated[
         Mapping[str, tuple[str, ...]],
-        _mapping_of(each(_notify_target, empty=True), "group names to lists of apprise URLs"),
+        _mapping_of(each(notify_target, empty=True), "group names to lists of apprise URLs"),
     ] = Field(default_factory=lambda: MappingProxyType({}))  # a group may be empty: journal and metrics only
     alertmanager: AlertmanagerConfig | None = None
     delivery: DeliveryConfig = DeliveryConfig()
@@ -475,29 +169,53 @@ def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -
     """Read and validate a rules file; raise `ConfigError` with every problem found."""
     doc = load_document(Path(path), str(path))
     resolved = Path(path).resolve()
-    problems: list[Problem] = list(doc.problems)
-    data = doc.data
-    if data is None:
-        problems.append(Problem((), "the file is empty (expected a mapping with sources and rules)"))
-    elif isinstance(data, dict):
-        if "path" in data:
-            names = [n for n in Config.model_fields if n != "path"]
-            problems.append(Problem(("path",), f"unknown field (expected one of {', '.join(names)})"))
-        problems.extend(_duplicate_names(data))
-        data = {key: value for key, value in data.items() if not key.startswith("x-")}  # anchors only
-        data["path"] = resolved
+    data, whole_file = _check_whole_file(doc.data, resolved)
+    problems: list[Problem] = [*doc.problems, *whole_file]
+    config = None
     if data is not None:
-        context = load_context(data, resolved.parent, os.environ if environ is None else environ)
-        try:
-            config = Config.model_validate(data, context=context)
-        except ValidationError as exc:
-            problems.extend(problems_from(exc, doc, Config))
+        config, invalid = _validate(data, doc, resolved.parent, os.environ if environ is None else environ)
+        problems.extend(invalid)
     if problems:
         raise ConfigError(doc.format(problems))
+    assert config is not None  # validated without a problem
+    config._key_sites = _key_sites(doc, data, config)
+    return config
+
+
+def _check_whole_file(data: Any, resolved: Path) -> tuple[Any, list[Problem]]:
+    """The checks of the file as a whole, before validation: not empty, no `path` (load_config sets
+    it to the file's own), unique source and rule names. Returns the data to validate, top-level
+    `x-...` keys left out (a place for YAML anchors), and the problems."""
+    if data is None:
+        return None, [Problem((), "the file is empty (expected a mapping with sources and rules)")]
+    if not isinstance(data, dict):
+        return data, []  # validation says what is wrong with it
+    problems = []
+    if "path" in data:
+        names = [n for n in Config.model_fields if n != "path"]
+        problems.append(Problem(("path",), f"unknown field (expected one of {', '.join(names)})"))
+    problems.extend(_duplicate_names(data))
+    data = {key: value for key, value in data.items() if not key.startswith("x-")}  # anchors only
+    data["path"] = resolved
+    return data, problems
+
+
+def _validate(
+    data: Any, doc: Document, base_dir: Path, environ: Mapping[str, str]
+) -> tuple[Config | None, list[Problem]]:
+    """The file as a `Config`, or None and every problem pydantic found, at its line."""
+    context = load_context(data, base_dir, environ)
+    try:
+        return Config.model_validate(data, context=context), []
+    except ValidationError as exc:
+        return None, problems_from(exc, doc, Config)
+
+
+def _key_sites(doc: Document, data: Any, config: Config) -> tuple[str, ...]:
+    """Where the file names each key file, e.g. `rules.yaml:25: keys[1]` (`keys:` a scalar: its line)."""
     listed = isinstance(data, dict) and isinstance(data.get("keys"), list)
     locs = [("keys", i) for i in range(len(config.keys))] if listed else [("keys",)] * len(config.keys)
-    config._key_sites = tuple(f"{doc.name}:{doc.line_of(loc)}: {render_loc(loc)}" for loc in locs)
-    return config
+    return tuple(f"{doc.name}:{doc.line_of(loc)}: {render_loc(loc)}" for loc in locs)
 
 
 def _duplicate_names(data: dict[str, Any]) -> list[Problem]:

@@ -38,7 +38,8 @@ from typing import TextIO
 
 import orjson
 
-from xinf_watch.config.schema import load_config, parse_duration
+from xinf_watch.config.schema import load_config
+from xinf_watch.config.values import parse_duration
 from xinf_watch.durations import describe_duration as span  # as the key_expiry alerts say it
 from xinf_watch.keys.files import load_registry
 from xinf_watch.keys.registry import KeyEntry, KeyRegistry, UserEntry

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any, TypeVar
 
-from xinf_watch.config.schema import ALLOWED_IPS
+from xinf_watch.config.rules import ALLOWED_IPS
 from xinf_watch.model import Event, Severity
 from xinf_watch.rules.filters import compile_filter, ip_matcher, subnet_of
 from xinf_watch.rules.windows import BoundedMap, WindowCounter
