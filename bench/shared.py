@@ -45,7 +45,7 @@ sys.path.insert(0, str(HERE))
 
 from throughput import SHIPPED_RULES, generate  # noqa: E402
 
-from xinf_watch.app.cli import load_everything  # noqa: E402
+from xinf_watch.app.checkcmd import load_everything  # noqa: E402
 from xinf_watch.app.fleetsync import FleetSync  # noqa: E402
 from xinf_watch.app.pipeline import Pipeline  # noqa: E402
 from xinf_watch.fleet.feed import FleetFeed  # noqa: E402

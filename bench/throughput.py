@@ -320,7 +320,7 @@ def stage_costs(variants: Sequence[Variant], lines: int) -> list[tuple[str, floa
     every collection walk all of them; in a run they die young): the sum leaves out the loop, the
     reading and the collector, which the whole-process rows include. Both logs hold the same
     requests: attribution, metrics and rules are measured on the first."""
-    from xinf_watch.app.cli import load_everything
+    from xinf_watch.app.checkcmd import load_everything
     from xinf_watch.app.pipeline import Pipeline
     from xinf_watch.model import Record
 

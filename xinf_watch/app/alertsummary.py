@@ -2,7 +2,7 @@
 
 What an operator reads to tune rules on their own logs before enabling them. Pure: the rules, the
 alert transitions of a replay and its line counts in, a `Summary` out; `format_table` and `to_json`
-are its two renderings. `app/replay.py` and `app/cli.py` only collect the inputs.
+are its two renderings. `app/replay.py` and `app/replaycmd.py` only collect the inputs.
 
 Counting:
 - A firing transition is one alert (what reaches a channel); a resolution is counted apart, in
