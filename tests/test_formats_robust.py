@@ -16,6 +16,7 @@ from paths import FIXTURES
 from test_formats_gateways import APISIX, KONG
 
 from xinf_watch.formats import Parser, build_parser
+from xinf_watch.formats.jsonlog import compile_path, getter, resolve
 from xinf_watch.model import LineResult, Record
 
 REGEX = (
@@ -292,3 +293,24 @@ def test_response_bytes_saturate_instead_of_outgrowing_the_state() -> None:
         store.observe(event)
     assert store.response_bytes[("gw", "k", "models:list")] == COUNTER_MAX
     orjson.dumps(store.snapshot())  # raises on an int past 64 bits
+
+
+_KEYS = st.sampled_from(["a", "b", "c", "0", "1"])
+_LEAVES = st.one_of(st.none(), st.sampled_from(["", "-", "x", "GET"]), st.integers(-2, 2), st.floats(0, 1))
+_VALUES = st.recursive(
+    _LEAVES,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(_KEYS, inner, max_size=3)),
+    max_leaves=8,
+)
+_DOTTED = st.lists(_KEYS, min_size=1, max_size=3).map(".".join)
+_INDEXED = _KEYS.map(lambda k: f"a[{k}]" if k.isdigit() else k)
+_PATHS = st.lists(_DOTTED | _INDEXED, min_size=1, max_size=3).map("|".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(obj=st.dictionaries(_KEYS | st.just("a.b"), _LEAVES | _VALUES, max_size=5), spec=_PATHS)
+def test_a_compiled_json_getter_finds_what_resolve_finds(obj: dict[str, Any], spec: str) -> None:
+    """The per-path getters the JSON parser is built with (plain keys looked up directly) give
+    what walking the path gives, lists, empty values and alternatives included."""
+    path = compile_path(spec, "field")
+    assert getter(path)(obj) == resolve(obj, path)

@@ -219,6 +219,41 @@ def resolve(obj: dict[str, Any], path: Path) -> Any:
     return empty
 
 
+Getter = Callable[[dict[str, Any]], Any]
+
+
+def getter(path: Path) -> Getter:
+    """`resolve` for one path, made once: a path of plain keys (most presets' fields are one key
+    at the top of the object) is looked up without walking steps."""
+    if any(len(steps) != 1 for steps in path):
+        return lambda obj: resolve(obj, path)
+    if len(path) == 1:
+        ((key, _),) = path[0]
+
+        def one_key(obj: dict[str, Any]) -> Any:
+            value = obj.get(key)
+            if type(value) is list:
+                return value[0] if value else None
+            return value
+
+        return one_key
+    keys = tuple(steps[0][0] for steps in path)
+
+    def first_key(obj: dict[str, Any]) -> Any:
+        empty = None
+        for key in keys:
+            value = obj.get(key)
+            if type(value) is list:
+                value = value[0] if value else None
+            if value == "" or value == "-":
+                empty = value
+            elif value is not None:
+                return value
+        return empty
+
+    return first_key
+
+
 def _text(value: Any) -> str | None:
     if type(value) is str:
         return value
@@ -300,10 +335,11 @@ def _build_parser(
     paths: dict[str, Path], scale: float, own_line: Callable[[dict[str, Any]], bool] | None
 ) -> Parser:
     ts_text = LastValueCache(parse_any)
-    p_ts, p_ip, p_status = paths["ts"], paths["ip"], paths["status"]
-    p_method, p_path, p_request = paths.get("method"), paths.get("path"), paths.get("request")
+    get = {field: getter(path) for field, path in paths.items()}
+    p_ts, p_ip, p_status = get["ts"], get["ip"], get["status"]
+    p_method, p_path, p_request = get.get("method"), get.get("path"), get.get("request")
     p_credential, p_consumer, p_bytes, p_duration, p_user_agent, p_request_id, p_reason = (
-        paths.get(field)
+        get.get(field)
         for field in ("credential", "consumer", "bytes", "duration", "user_agent", "request_id", "reason")
     )
 
@@ -330,25 +366,25 @@ def _build_parser(
             return obj
         if own_line is not None and own_line(obj):
             return LineResult.SKIPPED
-        ts = timestamp(resolve(obj, p_ts))
-        ip = _text(resolve(obj, p_ip))
+        ts = timestamp(p_ts(obj))
+        ip = _text(p_ip(obj))
         if ip in ABSENT:
             return LineResult.UNPARSED
-        method = _text(resolve(obj, p_method)) if p_method else None
-        path = _text(resolve(obj, p_path)) if p_path else None
+        method = _text(p_method(obj)) if p_method else None
+        path = _text(p_path(obj)) if p_path else None
         if p_request and (method is None or path is None):
-            request = _text(resolve(obj, p_request))
+            request = _text(p_request(obj))
             if request is not None:
                 request_method, request_path = split_request(request)
                 method = request_method if method is None else method
                 path = request_path if path is None else path
-        status = _status(resolve(obj, p_status))
+        status = _status(p_status(obj))
         if ts is None or ip is None or method is None or path is None or status is None:
             return LineResult.UNPARSED
         # A request line nginx could not read is logged with an empty method and URI.
         method = "" if method == "-" else method
         path = "" if path == "-" else path
-        credential = _text(resolve(obj, p_credential)) if p_credential else None
+        credential = _text(p_credential(obj)) if p_credential else None
         return Record(
             ts=ts,
             ip=ip,
@@ -356,12 +392,12 @@ def _build_parser(
             path=path,
             status=status,
             credential=None if credential in _ABSENT_CREDENTIALS else credential,
-            bytes=_bytes(resolve(obj, p_bytes)) if p_bytes else None,
-            duration=duration(resolve(obj, p_duration)) if p_duration else None,
-            user_agent=_optional_text(resolve(obj, p_user_agent)) if p_user_agent else None,
-            request_id=_optional_text(resolve(obj, p_request_id)) if p_request_id else None,
-            reason=_optional_text(resolve(obj, p_reason)) if p_reason else None,
-            consumer=_optional_text(resolve(obj, p_consumer)) if p_consumer else None,
+            bytes=_bytes(p_bytes(obj)) if p_bytes else None,
+            duration=duration(p_duration(obj)) if p_duration else None,
+            user_agent=_optional_text(p_user_agent(obj)) if p_user_agent else None,
+            request_id=_optional_text(p_request_id(obj)) if p_request_id else None,
+            reason=_optional_text(p_reason(obj)) if p_reason else None,
+            consumer=_optional_text(p_consumer(obj)) if p_consumer else None,
         )
 
     return parse
