@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from harness import FileSink, LogWriter, Workspace, denied_line  # noqa: E402
 
-from xinf_watch.delivery.alerts import alerts_in  # noqa: E402
+from xinf_watch.delivery.text import alerts_in  # noqa: E402
 
 PARSED = re.compile(rb'^xinf_watch_lines_total\{[^}]*result="parsed"[^}]*\} ([0-9.e+]+)$', re.M)
 

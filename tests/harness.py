@@ -35,7 +35,7 @@ from paths import FIXTURES
 from prometheus_client.parser import text_string_to_metric_families
 from receivers import HTTPReceiver, free_port
 
-from xinf_watch.delivery.alerts import alerts_in
+from xinf_watch.delivery.text import alerts_in
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE_LOG = FIXTURES / "nginx" / "access_combined_key.log"

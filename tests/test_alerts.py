@@ -20,24 +20,13 @@ from apprise.manager_plugins import NotificationManager
 from receivers import Alertmanager, HTTPReceiver, SMTPReceiver, free_port, wait_until
 from tools import require_program
 
-from xinf_watch.delivery.alerts import (
-    ALERTMANAGER,
-    MAX_GROUP,
-    AlertJournal,
-    AlertmanagerTarget,
-    AppriseTarget,
-    Deliverer,
-    DeliveryError,
-    Refresher,
-    Target,
-    _apprise_schemes,
-    alertmanager_alert,
-    alerts_in,
-    build_targets,
-    group_text,
-    notification_text,
-    targets_for,
-)
+from xinf_watch.delivery.alertmanager import AlertmanagerTarget, Refresher, alertmanager_alert
+from xinf_watch.delivery.apprise_target import MAX_GROUP, AppriseTarget, _apprise_schemes
+from xinf_watch.delivery.journal import AlertJournal
+from xinf_watch.delivery.routing import build_targets, targets_for
+from xinf_watch.delivery.sender import Deliverer
+from xinf_watch.delivery.target import ALERTMANAGER, DeliveryError, Target
+from xinf_watch.delivery.text import alerts_in, group_text, notification_text
 from xinf_watch.model import Alert, AlertStatus, Severity, format_ts
 from xinf_watch.state.outbox import Outbox
 from xinf_watch.state.store import StateStore
@@ -599,7 +588,7 @@ def test_a_daemon_without_notify_urls_never_imports_apprise() -> None:
     code = (
         "import sys\n"
         "import xinf_watch.app.cli, xinf_watch.app.daemon\n"
-        "from xinf_watch.delivery.alerts import build_targets\n"
+        "from xinf_watch.delivery.routing import build_targets\n"
         "build_targets({'ops': []}, 'http://127.0.0.1:9093')\n"
         "assert 'apprise' not in sys.modules, 'apprise imported without a notify URL'\n"
         "build_targets({'ops': ['json://127.0.0.1:9/x']}, None)\n"

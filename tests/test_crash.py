@@ -149,7 +149,7 @@ class SlowReceiver(HTTPReceiver):
 
 
 def test_kill_between_send_and_mark_repeats_the_alert_with_its_id(ws: Workspace) -> None:
-    """The one way to get a notification twice (delivery/alerts.py): the sender is killed after the
+    """The one way to get a notification twice (delivery/sender.py): the sender is killed after the
     receiver has the alert but before it marks the outbox row delivered. The repeat carries the
     same id and status, which is what receivers de-duplicate on."""
     receiver = SlowReceiver(delay=0.5)

@@ -16,7 +16,7 @@ from harness import Workspace, access_line, denied_line, json_url, received_aler
 from receivers import Alertmanager, HTTPReceiver, wait_until
 from tools import require_program
 
-from xinf_watch.delivery.alerts import alerts_in
+from xinf_watch.delivery.text import alerts_in
 
 pytestmark = pytest.mark.system
 

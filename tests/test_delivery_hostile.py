@@ -13,7 +13,7 @@ import pytest
 from harness import Workspace, denied_line, json_url, received_alerts
 from receivers import HTTPReceiver, free_port, wait_until
 
-from xinf_watch.delivery.alerts import alerts_in
+from xinf_watch.delivery.text import alerts_in
 
 pytestmark = pytest.mark.system
 

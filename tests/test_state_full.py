@@ -29,7 +29,7 @@ import pytest
 from harness import Workspace, access_line, denied_line, json_url, parsed_lines, received_alerts, total
 from receivers import HTTPReceiver, wait_until
 
-from xinf_watch.delivery.alerts import AlertJournal
+from xinf_watch.delivery.journal import AlertJournal
 from xinf_watch.model import Alert, AlertStatus, Severity
 from xinf_watch.state.outbox import Outbox
 from xinf_watch.state.store import StateStore

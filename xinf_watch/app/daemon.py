@@ -49,14 +49,11 @@ from xinf_watch.app.pipeline import Pipeline
 from xinf_watch.app.service import MetricsServer, Notifier
 from xinf_watch.config.schema import Config, ConfigError, load_config
 from xinf_watch.config.sources import SourceConfig
-from xinf_watch.delivery.alerts import (
-    ALERTMANAGER,
-    AlertJournal,
-    Deliverer,
-    Refresher,
-    build_targets,
-    targets_for,
-)
+from xinf_watch.delivery.alertmanager import Refresher
+from xinf_watch.delivery.journal import AlertJournal
+from xinf_watch.delivery.routing import build_targets, targets_for
+from xinf_watch.delivery.sender import Deliverer
+from xinf_watch.delivery.target import ALERTMANAGER
 from xinf_watch.fleet.feed import FleetFeed
 from xinf_watch.fleet.link import FleetSync, SharedLink, redacted
 from xinf_watch.ingest.tail import FileIdentity, Position, SourceTailer
