@@ -9,7 +9,8 @@ returns the alert the event causes, if any (`HANDLERS`, by kind):
   level (hysteresis), so a count hovering at the threshold does not flap.
 - `new_value` fires once per value new to its group, after the group's `learn` period; a value
   unseen for `forget` is new again.
-Events up to a window late are still counted in their own time bucket.
+Events up to a window late are still counted in their own time bucket. A spike group's baseline,
+what it usually does in one window, is `rules/baselines.py`'s.
 
 Memory: values per new_value group are capped at `MAX_VALUES` (the least recently seen go first,
 counted in the rule's `evicted_values`), distinct values per group at twice the rule's count.
@@ -19,10 +20,9 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable
-from typing import Any
 
 from xinf_watch.model import Alert, AlertStatus, Event, format_ts
-from xinf_watch.rules import summaries
+from xinf_watch.rules import baselines, summaries
 from xinf_watch.rules.episodes import fire, make_alert, resolve
 from xinf_watch.rules.filters import subnet_of
 from xinf_watch.rules.memory import NEVER, CompiledRule, Episode, Group, GroupState
@@ -167,13 +167,13 @@ def spike(rule: CompiledRule, event: Event, now: float) -> Alert | None:
         long_counter.add(event.ts, now)
     level = counter.count(now)
     if state.hours is not None:
-        _count_daily(state, event.ts, now, level, cfg)
+        baselines.count_daily(state, event.ts, now, level, cfg)
     if state.episode.firing:
         state.episode.extend(event.ts, event.key, event.source)
         return None
     if level < cfg.min_count:
         return None
-    expected = _expected(state, cfg, now)
+    expected = baselines.expected(state, cfg, now)
     if expected is None or level < cfg.factor * expected:
         return None
     ep = _start_episode(state, event, level, counter.oldest(now))
@@ -210,8 +210,10 @@ def settle(rule: CompiledRule, now: float) -> list[Alert]:
         if level * 2 > firing_level:
             state.settle_at = _settle_at(rule, state, firing_level)
         else:
-            counted = summaries.distinct_noun(cfg.value) if rule.kind == "distinct" else (
-                "matching requests" if rule.kind == "threshold" else "requests"
+            counted = (
+                summaries.distinct_noun(cfg.value)
+                if rule.kind == "distinct"
+                else ("matching requests" if rule.kind == "threshold" else "requests")
             )
             summary = summaries.back_to_normal(counted, level, rule.group_fields, group, cfg.window)
             alert = resolve(rule, group, state, summary)
@@ -256,7 +258,7 @@ def _levels(rule: CompiledRule, state: GroupState, now: float) -> tuple[int, flo
     level = state.counter.count(now)
     if rule.kind == "threshold":
         return level, float(cfg.count)
-    return level, max(float(cfg.min_count), cfg.factor * (_expected(state, cfg, now) or 0.0))
+    return level, max(float(cfg.min_count), cfg.factor * (baselines.expected(state, cfg, now) or 0.0))
 
 
 def describe_now(rule: CompiledRule, group: Group, state: GroupState, now: float) -> str | None:
@@ -271,7 +273,7 @@ def describe_now(rule: CompiledRule, group: Group, state: GroupState, now: float
         return summaries.distinct(level, cfg.value, rule.group_fields, group, cfg.window)
     if rule.kind == "spike":
         level, _ = _levels(rule, state, now)
-        expected = _expected(state, cfg, now) or 0.0
+        expected = baselines.expected(state, cfg, now) or 0.0
         return summaries.spike(level, expected, rule.group_fields, group, cfg.window, cfg.baseline)
     return None
 
@@ -284,77 +286,6 @@ def _start_episode(state: GroupState, event: Event, level: int, first_ts: float 
     ep.key = event.key
     ep.source = event.source
     return ep
-
-
-def _expected(state: GroupState, cfg: Any, now: float) -> float | None:
-    """Requests the group usually makes in one window, from its own history; None: too new."""
-    if state.hours is not None:
-        return _expected_daily(state, cfg, now)
-    assert state.counter is not None and state.long_counter is not None and state.first_seen is not None
-    history = min(cfg.baseline, now - state.first_seen - cfg.window)
-    if history < cfg.window:
-        return None
-    before = state.long_counter.count(now) - state.counter.count(now)
-    return float(before) * float(cfg.window) / float(history)
-
-
-def _count_daily(state: GroupState, ts: float, now: float, level: int, cfg: Any) -> None:
-    """Count the event in its hour, and note the window's level for the day's busiest window."""
-    assert state.hours is not None and state.day_peaks is not None and state.open_slots is not None
-    hour = int(ts // 3600)
-    hours = state.hours
-    hours[hour] = hours.get(hour, 0) + 1
-    # A window's level counts toward its day's peak only once two windows have passed, and never
-    # while the group is firing: the peak must not include the burst being judged (it would hide,
-    # or resolve, itself), nor teach the group that a runaway is normal.
-    slot = int(now // cfg.window)
-    slots = state.open_slots
-    if state.episode.firing:
-        slots.clear()
-    elif slots and slots[-1][0] == slot:
-        slots[-1][1] = max(slots[-1][1], level)
-    else:
-        slots.append([slot, level])
-    while slots and slots[0][0] < slot - 1:
-        closed, peak = slots.pop(0)
-        day = int(closed * cfg.window // 86400)
-        state.day_peaks[day] = max(state.day_peaks.get(day, 0), peak)
-    if len(hours) > cfg.baseline / 3600 + 48:  # keep `baseline` days and the current one
-        oldest = hour - int(cfg.baseline // 3600) - 26
-        for stale in [h for h in hours if h < oldest]:
-            del hours[stale]
-        for stale in [d for d in state.day_peaks if d < oldest // 24]:
-            del state.day_peaks[stale]
-
-
-def _expected_daily(state: GroupState, cfg: Any, now: float) -> float | None:
-    """What the group usually does in one window at this time of day, by its own history: the
-    busiest of the previous days in the same hour (one hour either side, for jobs that drift),
-    and, so that its own bursts at other hours (a CI run, a nightly batch) are not news, half its
-    busiest window in `baseline` over `factor`. None: less than a day of history.
-
-    Computed once per window: the peaks change only when a window closes, and the hours it reads
-    are of previous days (an hour that starts inside a window longer than it shows at the next)."""
-    window_number = int(now // cfg.window)
-    if state.expected_memo[0] == window_number:
-        return state.expected_memo[1]
-    expected = _expected_daily_now(state, cfg, now)
-    state.expected_memo = (window_number, expected)
-    return expected
-
-
-def _expected_daily_now(state: GroupState, cfg: Any, now: float) -> float | None:
-    assert state.hours is not None and state.day_peaks is not None and state.first_seen is not None
-    if now - state.first_seen < 86400:
-        return None
-    hour, hours = int(now // 3600), state.hours
-    days = max(1, int(cfg.baseline // 86400))
-    same_hour = max(
-        (hours.get(hour - 24 * day + shift, 0) for day in range(1, days + 1) for shift in (-1, 0, 1)),
-        default=0,
-    )
-    peak = max(state.day_peaks.values(), default=0)
-    return max(same_hour * float(cfg.window) / 3600, 2 * peak / float(cfg.factor))
 
 
 def _joins_baseline(rule: CompiledRule, state: GroupState, ip: str) -> bool:
