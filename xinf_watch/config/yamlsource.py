@@ -9,7 +9,7 @@ Owns two things for `config/schema.py`:
 * **Messages.** Every problem becomes exactly one line,
   `<file as given>:<line>: <yaml path>: <what is wrong> (expected <what>)`, where the line is that
   of the nearest recorded location (a missing field points at its parent), in file order.
-  `config/errors.py` turns pydantic's errors into problems; validators in `config*.py` write their
+  `config/errors.py` turns pydantic's errors into problems; validators in `config/*.py` write their
   messages directly, `ValueError("<what is wrong> (expected <what>)")`.
 """
 
