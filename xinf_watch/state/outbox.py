@@ -1,7 +1,7 @@
 """The outbox of alert deliveries, and the firing set the Alertmanager sender re-sends.
 
 The store's commit enqueues alerts and keeps the firing set (`enqueue`, in the commit's
-transaction: state/store.py); the senders (delivery/alerts.py) read, mark and prune through `Outbox`.
+transaction: state/store.py); the senders (delivery/sender.py, delivery/alertmanager.py) read, mark and prune through `Outbox`.
 
 - The outbox is idempotent: one row per (alert id, status, target), whatever is enqueued twice.
   Rows are never dropped on failure; delivered rows are kept for a while (`Outbox.prune`) so that a
@@ -10,7 +10,7 @@ transaction: state/store.py); the senders (delivery/alerts.py) read, mark and pr
   removes it in the same transaction that enqueues it): what the Alertmanager sender re-sends. It
   knows nothing of rule kinds; the sender forgets the alerts that no resolution will ever end.
 - Each outbox row carries its notification group (`rule`, `severity`), so the sender can take the
-  due rows of one group without reading the others (delivery/alerts.py groups notifications).
+  due rows of one group without reading the others (delivery/sender.py groups notifications).
 - `Outbox` is the delivery side: the sender threads share its own connection on the same file, or,
   given the store (the daemon), the store's connection and lock.
 """
