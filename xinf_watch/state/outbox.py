@@ -1,7 +1,8 @@
 """The outbox of alert deliveries, and the firing set the Alertmanager sender re-sends.
 
 The store's commit enqueues alerts and keeps the firing set (`enqueue`, in the commit's
-transaction: state/store.py); the senders (delivery/sender.py, delivery/alertmanager.py) read, mark and prune through `Outbox`.
+transaction: state/store.py); the senders (delivery/sender.py, delivery/alertmanager.py) read,
+mark and prune through `Outbox`.
 
 - The outbox is idempotent: one row per (alert id, status, target), whatever is enqueued twice.
   Rows are never dropped on failure; delivered rows are kept for a while (`Outbox.prune`) so that a
