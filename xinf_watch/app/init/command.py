@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TextIO
 
 from xinf_watch import SHIPPED_RULES
-from xinf_watch.app.init import auth, caddy, haproxy, nginx
+from xinf_watch.app.init import auth, caddy, haproxy, nginx, nginxconf
 from xinf_watch.app.init.gateway import GatewayLog, InitError, Upstream
 from xinf_watch.app.init.write import Source, rules_yaml, state_dir, write_files
 
@@ -124,7 +124,7 @@ def _gateways(opts: InitOptions, out: TextIO) -> list[GatewayLog]:
     logs: list[GatewayLog] = []
     if opts.nginx_config is not None:
         logs += nginx.find_logs(
-            nginx.load_file(opts.nginx_config),
+            nginxconf.load_file(opts.nginx_config),
             opts.upstream,
             str(opts.nginx_config.parent),
             str(opts.nginx_config),
