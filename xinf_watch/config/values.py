@@ -15,12 +15,12 @@ from collections.abc import Callable, Iterable
 from typing import Any, NoReturn
 
 from xinf_watch.config.yamlsource import did_you_mean, not_one_of, show
-from xinf_watch.formats import jsonlog, nginx
+from xinf_watch.formats import jsonlog, jsonpresets, nginx
 from xinf_watch.userregex import UserRegex
 
 SOURCE_FORMATS = ("nginx", "json", "haproxy", "xinference", "xinference-audit", "regex")
 NGINX_PRESETS = tuple(nginx.NGINX_PRESETS)
-JSON_PRESETS = tuple(jsonlog.JSON_PRESETS)
+JSON_PRESETS = tuple(jsonpresets.JSON_PRESETS)
 EVENT_FIELDS = (
     "ts", "source", "ip", "ip_forwarded", "method", "path", "status", "outcome", "reason", "credential",
     "key", "owner", "key_state", "scope", "scope_allowed", "ip_allowed", "user_agent", "request_id",

@@ -20,7 +20,8 @@ from collections.abc import Callable, Mapping
 from xinf_watch.formats.audit import compile_audit
 from xinf_watch.formats.common import Parser
 from xinf_watch.formats.haproxy import compile_haproxy
-from xinf_watch.formats.jsonlog import JSON_PRESETS, compile_json
+from xinf_watch.formats.jsonlog import compile_json
+from xinf_watch.formats.jsonpresets import JSON_PRESETS
 from xinf_watch.formats.nginx import NGINX_PRESETS, compile_log_format
 from xinf_watch.formats.regex import compile_regex
 from xinf_watch.formats.xinference import compile_xinference
