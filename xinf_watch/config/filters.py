@@ -37,6 +37,10 @@ class StatusSet:
     def __contains__(self, status: object) -> bool:
         return isinstance(status, int) and (status in self.codes or status // 100 in self.classes)
 
+    def covered(self) -> frozenset[int]:
+        """Every code in the set: the codes, and the hundred of each class (a set lookup per event)."""
+        return self.codes | {c * 100 + n for c in self.classes for n in range(100)}
+
     def __iter__(self) -> Iterator[int | str]:
         yield from sorted(self.codes)
         yield from (f"{c}xx" for c in sorted(self.classes))

@@ -106,19 +106,6 @@ def _glob_check(field: str, patterns: Sequence[str]) -> Predicate:
     return lambda e: match(getattr(e, field))
 
 
-def _status_codes(values: Iterable[Any]) -> frozenset[int]:
-    """Every status code 100-599 that `values` (codes and classes such as `4xx`) covers."""
-    codes: set[int] = set()
-    for value in values:
-        text = str(value).lower()
-        if re.fullmatch(r"[1-5]xx", text):
-            first = int(text[0]) * 100
-            codes.update(range(first, first + 100))
-        else:
-            codes.add(int(text))
-    return frozenset(codes)
-
-
 def _ip_check(networks: Sequence[Network], inside: bool) -> Predicate:
     within = ip_matcher(networks)
     if inside:
@@ -182,7 +169,7 @@ def _value_checks(when: Any) -> list[Predicate]:
         methods = frozenset(m.upper() for m in _values(method))
         checks.append(lambda e: e.method in methods or e.method.upper() in methods)
     if (status := getattr(when, "status", None)) is not None:
-        codes = _status_codes(status)
+        codes = status.covered()  # a config.filters.StatusSet
         checks.append(lambda e: e.status in codes)
     return checks
 
