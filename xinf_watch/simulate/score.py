@@ -21,8 +21,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from ipaddress import ip_address, ip_network
+from ipaddress import ip_network
 from typing import Any
+
+from xinf_watch.addresses import ip_in
 
 BEFORE = 60.0  # an alert may start this long before the incident's first request
 AFTER = 900.0  # ... and this long after its last one
@@ -100,7 +102,7 @@ def _ip_matches(value: str, ips: Iterable[str]) -> bool:
         net = ip_network(value, strict=False)
     except ValueError:
         return False
-    return any(ip_address(ip) in net for ip in ips)
+    return any(ip_in(ip, (net,)) for ip in ips)
 
 
 def group_matches(alert: dict[str, Any], incident: dict[str, Any]) -> bool:
