@@ -123,7 +123,7 @@ class Sampler(threading.Thread):
         while not self.stop.wait(self.every):
             self.rss.append(rss_mib(self.pid))
             with contextlib.suppress(OSError):
-                self.counts.append((time.monotonic(), processed(self.xinf_watch.metrics.store())))
+                self.counts.append((time.monotonic(), processed(self.xinf_watch.metrics())))
 
 
 def render_pool(traffic: Traffic, size: int) -> list[tuple[bytes, bytes]]:

@@ -86,6 +86,9 @@ def test_throughput_and_live_run_and_report_every_row(tmp_path: Path) -> None:
     for name in STAGES:
         assert number(stage_table[name][0]) > 0, (name, stage_table[name])
 
+    assert "Traceback" not in live_err, live_err  # a sampler thread that died still lets the script end
+    sampled = re.search(r"; (\d+) samples while writing", live_out)
+    assert sampled is not None and int(sampled.group(1)) > 0, live_out
     live_table = rows(live_out)
     for name in LIVE_ROWS:
         assert number(live_table[name][0]) > 0, (name, live_table[name])
