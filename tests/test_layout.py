@@ -17,9 +17,9 @@ PACKAGE = Path(xinf_watch.__file__).parent
 LAYERS = [
     "app",
     "simulate",
-    "fleet",
     "rules",
     "metrics",
+    "fleet",
     "attribution",
     "keys",
     "config",

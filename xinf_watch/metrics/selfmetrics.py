@@ -5,8 +5,8 @@ reloads, lines that failed, the rule state's evictions and held-back alerts, whe
 dir takes writes, and, with shared rule state, the fleet's stream. `DaemonCollector` exposes them
 with the store's families at scrape time, read under the loop's lock (app/daemon.py).
 
-The collector knows shared rule state only by what it reads (`SharedState`): metrics sits below
-fleet and app in the layers (tests/test_layout.py), so it names none of their classes.
+The collector reads shared rule state through `SharedState` (the fleet's feed and link): `FleetSync`
+is app's, and metrics sits below app in the layers (tests/test_layout.py).
 """
 
 from __future__ import annotations
@@ -19,37 +19,18 @@ from typing import Any, Protocol
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from xinf_watch.fleet.feed import FleetFeed
+from xinf_watch.fleet.link import SharedLink
 from xinf_watch.metrics.store import StoreCollector
-
-
-class SharedFeed(Protocol):
-    """What the collector reads of the fleet's feed (fleet/feed.py's `FleetFeed`)."""
-
-    @property
-    def published_events(self) -> int: ...
-    @property
-    def fed_events(self) -> int: ...
-    @property
-    def dropped(self) -> int: ...
-    @property
-    def invalid(self) -> int: ...
-    def pending_events(self) -> int: ...
-
-
-class SharedLinkState(Protocol):
-    """What the collector reads of the link to the fleet's Redis (fleet/link.py's `SharedLink`)."""
-
-    @property
-    def up(self) -> bool | None: ...
 
 
 class SharedState(Protocol):
     """What the collector reads of shared rule state (app/fleetsync.py's `FleetSync`)."""
 
     @property
-    def feed(self) -> SharedFeed: ...
+    def feed(self) -> FleetFeed: ...
     @property
-    def link(self) -> SharedLinkState: ...
+    def link(self) -> SharedLink: ...
 
 
 @dataclass
