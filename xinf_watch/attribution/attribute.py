@@ -112,30 +112,14 @@ class Attributor:
                 self._allowed.clear()
                 self._allowed_registry = registry
             ip_allowed = self._ip_allowed(who, record.ip)
+        # Positional, in the order of Event's fields: with 22 keywords the call cost three times
+        # as much (0.8 against 0.25 us a line, Python 3.11).
         return Event(
-            ts=record.ts,
-            source=self.source,
-            ip=record.ip,
-            ip_forwarded=record.ip_forwarded,
-            method=record.method,
-            path=plan.path,
-            status=record.status,
-            outcome=plan.outcome,
-            reason=plan.reason,
-            credential=who.credential,
-            key=who.key,
-            owner=who.owner,
-            key_state=who.state,
-            scope=plan.scope,
-            scope_allowed=plan.scope_allowed,
-            ip_allowed=ip_allowed,
-            duration=record.duration,
-            bytes=record.bytes,
-            user_agent=record.user_agent,
-            request_id=record.request_id,
-            fingerprint=who.fingerprint,
-            scope_denied_by=plan.scope_denied_by,
-        )
+            record.ts, self.source, record.ip, record.ip_forwarded, record.method, plan.path,
+            record.status, plan.outcome, plan.reason, who.credential, who.key, who.owner, who.state,
+            plan.scope, plan.scope_allowed, ip_allowed, record.duration, record.bytes,
+            record.user_agent, record.request_id, who.fingerprint, plan.scope_denied_by,
+        )  # fmt: skip
 
     def _plan(self, who: Attribution, record: Record) -> RoutePlan:
         scope = self.scopes.scope_for(record.method, record.path)  # decodes like Starlette: once

@@ -32,7 +32,13 @@ def count_daily(state: GroupState, ts: float, now: float, level: int, cfg: Any) 
     assert state.hours is not None and state.day_peaks is not None and state.open_slots is not None
     hour = int(ts // 3600)
     hours = state.hours
-    hours[hour] = hours.get(hour, 0) + 1
+    count = hours.get(hour)
+    if count is not None:
+        hours[hour] = count + 1
+    else:  # a new hour: the time to forget the oldest ones
+        hours[hour] = 1
+        if len(hours) > cfg.baseline / 3600 + 48:  # keep `baseline` days and the current one
+            _forget_before(state, hour - int(cfg.baseline // 3600) - 26)
     # A window's level counts toward its day's peak only once two windows have passed, and never
     # while the group is firing: the peak must not include the burst being judged (it would hide,
     # or resolve, itself), nor teach the group that a runaway is normal.
@@ -40,20 +46,23 @@ def count_daily(state: GroupState, ts: float, now: float, level: int, cfg: Any) 
     slots = state.open_slots
     if state.episode.firing:
         slots.clear()
-    elif slots and slots[-1][0] == slot:
-        slots[-1][1] = max(slots[-1][1], level)
+    elif slots and slots[-1][0] == slot:  # most events: one more in the current window
+        if level > slots[-1][1]:
+            slots[-1][1] = level
     else:
         slots.append([slot, level])
-    while slots and slots[0][0] < slot - 1:
-        closed, peak = slots.pop(0)
-        day = int(closed * cfg.window // 86400)
-        state.day_peaks[day] = max(state.day_peaks.get(day, 0), peak)
-    if len(hours) > cfg.baseline / 3600 + 48:  # keep `baseline` days and the current one
-        oldest = hour - int(cfg.baseline // 3600) - 26
-        for stale in [h for h in hours if h < oldest]:
-            del hours[stale]
-        for stale in [d for d in state.day_peaks if d < oldest // 24]:
-            del state.day_peaks[stale]
+        while slots[0][0] < slot - 1:
+            closed, peak = slots.pop(0)
+            day = int(closed * cfg.window // 86400)
+            state.day_peaks[day] = max(state.day_peaks.get(day, 0), peak)
+
+
+def _forget_before(state: GroupState, oldest_hour: int) -> None:
+    assert state.hours is not None and state.day_peaks is not None
+    for stale in [h for h in state.hours if h < oldest_hour]:
+        del state.hours[stale]
+    for stale in [d for d in state.day_peaks if d < oldest_hour // 24]:
+        del state.day_peaks[stale]
 
 
 def _expected_daily(state: GroupState, cfg: Any, now: float) -> float | None:

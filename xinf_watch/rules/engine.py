@@ -35,19 +35,23 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from xinf_watch.caches import remember
 from xinf_watch.keys.registry import KeyRegistry
 from xinf_watch.model import Alert, Event, KeyState
 from xinf_watch.rules.clockkinds import check_absent, check_key_expiry
 from xinf_watch.rules.episodes import notify_held_back
 from xinf_watch.rules.eventkinds import HANDLERS, Handler, describe_now, flush_held, settle
-from xinf_watch.rules.filters import admits
+from xinf_watch.rules.filters import Predicate, admits, always
 from xinf_watch.rules.flood import FLOOD_KIND, FloodGate
 from xinf_watch.rules.memory import NEVER, CompiledRule, finite_or_none, gc_paused
 
 TICK = 1.0
 KEY_EXPIRY_EVERY = 60.0
 MAX_CLOCK_LEAD = 3600.0
+PLAN_LIMIT = 4096  # index combinations; scopes come from the route table, but a shared feed is input
 STATE_VERSION = 1
+
+Plan = tuple[tuple[CompiledRule, Handler, Predicate | None], ...]
 
 _CLOCK_KINDS = ("threshold", "spike", "distinct", "absent", "key_expiry")
 _KEYED_STATES = frozenset({KeyState.VALID, KeyState.EXPIRED, KeyState.REVOKED})
@@ -76,8 +80,8 @@ class RuleEngine:
         self._clock_rules = [r for r in self.rules if r.kind in _CLOCK_KINDS]
         self._expiry_rules = [r for r in self.rules if r.kind == "key_expiry"]
         self._match_rules = [r for r in self.rules if r.kind == "match"]
-        # (credential, key_state, outcome, scope_allowed, ip_allowed, ip_forwarded) -> rules to try
-        self._plans: dict[tuple[Any, ...], tuple[tuple[CompiledRule, Handler], ...]] = {}
+        # the event's values of filters.INDEXED -> the rules it can match
+        self._plans: dict[tuple[Any, ...], Plan] = {}
         limited = [r for r in self.rules if r.config.max_alerts]
         self._gates = {r.name: FloodGate(r.name, r.severity, r.config.max_alerts) for r in limited}
 
@@ -99,13 +103,13 @@ class RuleEngine:
         new_key = self._note_use(event, now)
         index = (
             event.credential, event.key_state, event.outcome,
-            event.scope_allowed, event.ip_allowed, event.ip_forwarded,
+            event.scope_allowed, event.ip_allowed, event.ip_forwarded, event.scope,
         )  # fmt: skip
         plan = self._plans.get(index)
         if plan is None:  # (an empty plan is a plan: no rule for this index)
             plan = self._plan(index)
-        for rule, handler in plan:
-            if rule.residual(event):
+        for rule, handler, residual in plan:
+            if residual is None or residual(event):
                 alert = handler(rule, event, at)
                 if alert is not None:
                     out.append(alert)
@@ -115,12 +119,15 @@ class RuleEngine:
             out.extend(self._advance(now))
         return self._gated(out) if out and self._gates else out
 
-    def _plan(self, index: tuple[Any, ...]) -> tuple[tuple[CompiledRule, Handler], ...]:
-        """The rules an event of this index can match (made once per index)."""
-        plan = self._plans[index] = tuple(
-            (rule, handler) for rule, handler in self._event_rules if admits(rule.config.when, index)
+    def _plan(self, index: tuple[Any, ...]) -> Plan:
+        """The rules an event of this index can match, with what is left to check of their filters
+        (None: nothing), made once per index."""
+        plan = tuple(
+            (rule, handler, None if rule.residual is always else rule.residual)
+            for rule, handler in self._event_rules
+            if admits(rule.config.when, index)
         )
-        return plan
+        return remember(self._plans, index, plan, PLAN_LIMIT)
 
     def _move_clock(self, ts: float) -> float:
         """The clock after an event at `ts` (see the module docstring on lines far ahead)."""

@@ -81,11 +81,10 @@ def threshold(rule: CompiledRule, event: Event, now: float) -> Alert | None:
     state = rule.groups.setdefault(group, rule.new_state)
     counter = state.counter
     assert counter is not None
-    counter.add(event.ts, now)
+    level = counter.add(event.ts, now)
     if state.episode.firing:
         state.episode.extend(event.ts, event.key, event.source)
         return None
-    level = counter.count(now)
     if level < cfg.count:
         return None
     ep = _start_episode(state, event, level, counter.oldest(now))
@@ -162,10 +161,9 @@ def spike(rule: CompiledRule, event: Event, now: float) -> Alert | None:
         state.first_seen = event.ts
     counter, long_counter = state.counter, state.long_counter
     assert counter is not None
-    counter.add(event.ts, now)
+    level = counter.add(event.ts, now)
     if long_counter is not None:
         long_counter.add(event.ts, now)
-    level = counter.count(now)
     if state.hours is not None:
         baselines.count_daily(state, event.ts, now, level, cfg)
     if state.episode.firing:

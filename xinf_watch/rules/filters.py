@@ -10,9 +10,10 @@ when it runs out); `status` takes codes and classes (`4xx`);
 as `::ffff:10.1.2.3` as its IPv4 address); an address that does not parse is in no network, so
 `ip_not_in: internal` matches it (an origin we cannot place is treated as outside).
 
-The fields of `INDEXED` take few values (enums and booleans): `admits(when, values)` answers them
-for one combination of values, so the engine can pick the rules an event can match once per
-combination, and `compile_filter(when, indexed=False)` leaves them out of the predicate. Checks
+The fields of `INDEXED` take few values (enums, booleans, and the scope, which comes from the route
+table): `admits(when, values)` answers them for one combination of values, so the engine can pick
+the rules an event can match once per combination, and `compile_filter(when, indexed=False)` leaves
+them out of the predicate. Checks
 are ordered cheapest first. IP parsing is cached in a bounded dict shared by all rules.
 """
 
@@ -33,8 +34,9 @@ Predicate = Callable[[Event], bool]
 Network = IPv4Network | IPv6Network
 
 # Fields with a handful of possible values: the engine indexes rules by them (see `admits`).
-INDEXED = ("credential", "key_state", "outcome", "scope_allowed", "ip_allowed", "ip_forwarded")
+INDEXED = ("credential", "key_state", "outcome", "scope_allowed", "ip_allowed", "ip_forwarded", "scope")
 _BOOLEANS = frozenset({"scope_allowed", "ip_allowed", "ip_forwarded"})
+_GLOBS = frozenset({"key", "owner", "scope", "path"})
 
 
 _IP_MATCH_CACHE_MAX = 16384  # addresses per matcher; beyond, a flood of new ones: start over
@@ -113,26 +115,26 @@ def _ip_check(networks: Sequence[Network], inside: bool) -> Predicate:
     return lambda e: not within(e.ip)
 
 
-def _indexed_clauses(when: Any) -> list[tuple[str, frozenset[str] | bool]]:
-    out: list[tuple[str, frozenset[str] | bool]] = []
+def _indexed_clauses(when: Any) -> list[tuple[str, Callable[[Any], bool]]]:
+    """(field, test of its value) for the `INDEXED` fields the filter sets."""
+    out: list[tuple[str, Callable[[Any], bool]]] = []
     for field in INDEXED:
         wanted = getattr(when, field, None)
-        if wanted is not None:
-            out.append((field, bool(wanted) if field in _BOOLEANS else frozenset(_values(wanted))))
+        if wanted is None:
+            continue
+        if field in _BOOLEANS:
+            out.append((field, lambda value, x=bool(wanted): value is x))  # type: ignore[misc]
+        elif field in _GLOBS:
+            out.append((field, glob_matcher(_values(wanted))))
+        else:  # enum members hash and compare as their string values; None is in no set of strings
+            out.append((field, frozenset(_values(wanted)).__contains__))
     return out
 
 
 def admits(when: Any, values: Sequence[Any]) -> bool:
     """Whether the filter's `INDEXED` clauses accept an event with these values (in that order)."""
     given = dict(zip(INDEXED, values, strict=True))
-    for field, wanted in _indexed_clauses(when):
-        value = given[field]
-        if isinstance(wanted, bool):
-            if value is not wanted:
-                return False
-        elif value is None or str(getattr(value, "value", value)) not in wanted:
-            return False
-    return True
+    return all(test(given[field]) for field, test in _indexed_clauses(when))
 
 
 def compile_filter(when: Any, *, indexed: bool = True) -> Predicate:
@@ -148,13 +150,10 @@ def compile_filter(when: Any, *, indexed: bool = True) -> Predicate:
 
 
 def _indexed_checks(when: Any) -> list[Predicate]:
-    checks: list[Predicate] = []
-    for field, wanted in _indexed_clauses(when):
-        if isinstance(wanted, bool):
-            checks.append(lambda e, f=field, x=wanted: getattr(e, f) is x)  # type: ignore[misc]
-        else:  # enum members hash and compare as their string values
-            checks.append(lambda e, f=field, a=wanted: getattr(e, f) in a)  # type: ignore[misc]
-    return checks
+    return [
+        lambda e, f=field, test=test: test(getattr(e, f))  # type: ignore[misc]
+        for field, test in _indexed_clauses(when)
+    ]
 
 
 def _value_checks(when: Any) -> list[Predicate]:
@@ -175,9 +174,10 @@ def _value_checks(when: Any) -> list[Predicate]:
 
 
 def _pattern_checks(when: Any) -> list[Predicate]:
-    """The globs of `key`, `owner`, `scope` and `path`, then the `user_agent` regular expression."""
+    """The globs of `key`, `owner` and `path`, then the `user_agent` regular expression (`scope`'s
+    globs are indexed)."""
     checks: list[Predicate] = []
-    for field in ("key", "owner", "scope", "path"):
+    for field in ("key", "owner", "path"):
         value = getattr(when, field, None)
         if value is not None:
             checks.append(_glob_check(field, _values(value)))
@@ -196,10 +196,15 @@ def _ip_checks(when: Any) -> list[Predicate]:
     return checks
 
 
+def always(event: Event) -> bool:
+    """The predicate of a filter that checks nothing (the engine skips calling it)."""
+    return True
+
+
 def _all_of(checks: Sequence[Predicate]) -> Predicate:
     """The conjunction, without a generator per call (this runs for every event and rule)."""
     if not checks:
-        return lambda e: True
+        return always
     if len(checks) == 1:
         return checks[0]
     if len(checks) == 2:

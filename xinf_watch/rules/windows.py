@@ -35,42 +35,41 @@ class WindowCounter:
         self.buckets: list[list[Any]] = []
         self.total = 0
 
-    def add(self, ts: float, now: float, n: int = 1) -> None:
-        idx = int(ts // self.width)
+    def add(self, ts: float, now: float, n: int = 1) -> int:
+        """Count `n` events at `ts`; the count at `now` (`count(now)`)."""
+        width = self.width
+        idx = int(ts // width)
         buckets = self.buckets
-        if not buckets or buckets[-1][0] < idx:
-            buckets.append([idx, n, ts])
-        elif buckets[-1][0] == idx:
-            last = buckets[-1]
+        last = buckets[-1] if buckets else None
+        if last is not None and last[0] == idx:  # most events: the newest bucket
             last[1] += n
             if ts < last[2]:
                 last[2] = ts
+        elif last is None or last[0] < idx:
+            buckets.append([idx, n, ts])
+        elif idx <= int(now // width) - BUCKETS:
+            return self.count(now)  # older than the window: not counted
         else:
-            if idx <= int(now // self.width) - BUCKETS:
-                return  # older than the window
-            for pos in range(len(buckets) - 1, -1, -1):
-                bucket = buckets[pos]
-                if bucket[0] == idx:
-                    bucket[1] += n
-                    bucket[2] = min(bucket[2], ts)
-                    break
-                if bucket[0] < idx:
-                    buckets.insert(pos + 1, [idx, n, ts])
-                    break
-            else:
-                buckets.insert(0, [idx, n, ts])
+            _insert(buckets, idx, n, ts)
         self.total += n
-        self.expire(now)
+        cutoff = int(now // width) - BUCKETS
+        if buckets[0][0] <= cutoff:
+            self._drop(cutoff)
+        return self.total
 
     def expire(self, now: float) -> None:
         cutoff = int(now // self.width) - BUCKETS
+        if self.buckets and self.buckets[0][0] <= cutoff:
+            self._drop(cutoff)
+
+    def _drop(self, cutoff: int) -> None:
+        """Forget the buckets at or before `cutoff`."""
         buckets = self.buckets
-        if buckets and buckets[0][0] <= cutoff:
-            gone = 0
-            while gone < len(buckets) and buckets[gone][0] <= cutoff:
-                self.total -= buckets[gone][1]
-                gone += 1
-            del buckets[:gone]
+        gone = 0
+        while gone < len(buckets) and buckets[gone][0] <= cutoff:
+            self.total -= buckets[gone][1]
+            gone += 1
+        del buckets[:gone]
 
     def count(self, now: float) -> int:
         self.expire(now)
@@ -90,6 +89,20 @@ class WindowCounter:
         )
         self.buckets = restored
         self.total = sum(b[1] for b in restored)
+
+
+def _insert(buckets: list[list[Any]], idx: int, n: int, ts: float) -> None:
+    """A late event: into its bucket, found from the newest back (or a new one in its place)."""
+    for pos in range(len(buckets) - 1, -1, -1):
+        bucket = buckets[pos]
+        if bucket[0] == idx:
+            bucket[1] += n
+            bucket[2] = min(bucket[2], ts)
+            return
+        if bucket[0] < idx:
+            buckets.insert(pos + 1, [idx, n, ts])
+            return
+    buckets.insert(0, [idx, n, ts])
 
 
 class BoundedMap(Generic[K, V]):
