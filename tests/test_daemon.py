@@ -8,6 +8,7 @@ timeout fails with the daemon's stderr (see harness.py).
 from __future__ import annotations
 
 import collections
+import dataclasses
 import os
 import time
 import urllib.request
@@ -412,14 +413,14 @@ def test_a_line_that_fails_to_process_is_counted_and_skipped(
     daemon = Daemon(rules)
     daemon.start()
     try:
-        real = daemon.pipeline.process_line
+        stage = daemon.pipeline.stages["gw"]
 
-        def flaky(source: str, line: str, file: Any = None) -> list[Any]:
+        def flaky(line: str) -> Any:
             if line == lines[2]:
                 raise RuntimeError("a bug in some stage")
-            return real(source, line, file)
+            return stage.parse(line)
 
-        monkeypatch.setattr(daemon.pipeline, "process_line", flaky)
+        monkeypatch.setitem(daemon.pipeline.stages, "gw", dataclasses.replace(stage, parse=flaky))
         with caplog.at_level("ERROR", logger="xinf_watch"):
             daemon.turn(force_commit=True)
         parsed = daemon.store.lines.get(("gw", "parsed"), 0)

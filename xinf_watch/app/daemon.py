@@ -28,6 +28,7 @@ Around the loop:
 
 from __future__ import annotations
 
+import functools
 import logging
 import secrets
 import signal
@@ -245,12 +246,9 @@ class Daemon:
         lines = 0
         for name, tailer in self.tailers.items():
             for batch in tailer.poll(BUDGET_BYTES):
-                process_line = self.pipeline.process_line
-                for line in batch.lines:
-                    try:
-                        alerts.extend(process_line(name, line, batch.file))
-                    except Exception:  # a bug must cost a line, not the daemon: counted, logged
-                        self._line_failed(name)
+                # a bug must cost a line, not the daemon: counted, logged (`on_error`)
+                on_error = functools.partial(self._line_failed, name)
+                alerts.extend(self.pipeline.process_lines(name, batch.lines, batch.file, on_error)[1])
                 lines += len(batch.lines)
             if self.pipeline.has_partial_lines(name):  # a wrapped line the file let go ended inside
                 try:

@@ -22,7 +22,7 @@ sends are counted (`count_alerts`).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Container, Hashable, Mapping, Sequence
+from collections.abc import Callable, Container, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -194,6 +194,60 @@ class Pipeline:
         if record is None:
             return []
         return self.process(source, record)[1]
+
+    def process_lines(
+        self,
+        source: str,
+        lines: Iterable[str],
+        file: Hashable = None,
+        on_error: Callable[[], None] | None = None,
+    ) -> tuple[int, list[Alert]]:
+        """`process_line` for each of `lines` (the daemon's batches, replay's blocks): the records
+        among them and the alerts. The stages are looked up once per batch, not per line: that
+        was 1.5 us of the 10 a line cost. A line that raises calls `on_error` (inside the except
+        block, to log) and is skipped, or, without `on_error`, ends the batch."""
+        if source in self.unwrappers or self.defer_rules:
+            return self._process_lines_one_by_one(source, lines, file, on_error)
+        stage, store, judge = self.stages[source], self.store, self.engine.observe
+        parse, attribute, observe = stage.parse, stage.attributor.attribute, store.observe
+        records = 0
+        alerts: list[Alert] = []
+        try:
+            for line in lines:
+                try:
+                    result = parse(line)
+                    if type(result) is not Record:
+                        store.count_line(source, result)  # type: ignore[arg-type]
+                        continue
+                    records += 1
+                    event = attribute(result)
+                    observe(event)
+                    if fired := judge(event):
+                        alerts.extend(self.count_alerts(fired))
+                except Exception:
+                    if on_error is None:
+                        raise
+                    on_error()
+        finally:
+            store.count_lines(source, LineResult.PARSED, records)
+        return records, alerts
+
+    def _process_lines_one_by_one(
+        self, source: str, lines: Iterable[str], file: Hashable, on_error: Callable[[], None] | None
+    ) -> tuple[int, list[Alert]]:
+        records = 0
+        alerts: list[Alert] = []
+        for line in lines:
+            try:
+                record = self.parse(source, line, file)
+                if record is not None:
+                    records += 1
+                    alerts.extend(self.process(source, record)[1])
+            except Exception:
+                if on_error is None:
+                    raise
+                on_error()
+        return records, alerts
 
     def advance(self, now: float) -> list[Alert]:
         alerts = self.engine.advance(now)

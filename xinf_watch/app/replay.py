@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import gzip
 import heapq
+import itertools
 import os
 import re
 import sys
@@ -42,6 +43,7 @@ from xinf_watch.visible import visible
 
 PROGRESS_AFTER = 1.0  # seconds: files faster than this print no progress at all
 _CHECK_EVERY = 1 << 14  # lines between two looks at the clock
+BLOCK_LINES = 4096  # lines handed to the pipeline at a time
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,20 +141,24 @@ def read_lines(path: Path, progress_stream: TextIO | None) -> Iterator[str]:
             progress.done(n)
 
 
-def _records(
-    pipeline: Pipeline, item: ReplayInput, seq: int, progress: TextIO | None
-) -> Iterator[tuple[float, int, str, Record]]:
+def _lines(item: ReplayInput, progress: TextIO | None) -> Iterator[str]:
+    """The lines of one input; nothing from a file that was found by a glob and rotated away since."""
     try:
-        for line in read_lines(item.path, progress):  # only its open can fail with FileNotFoundError
-            record = pipeline.parse(item.source, line, seq)
-            if record is not None:
-                yield record.ts, seq, item.source, record
+        yield from read_lines(item.path, progress)  # only its open can fail with FileNotFoundError
     except FileNotFoundError:
         if not item.found:
             raise
         print(f"replay: note: {visible(str(item.path))} vanished before it was read (rotated away?): "
               "skipped", file=sys.stderr)  # fmt: skip
-        return
+
+
+def _records(
+    pipeline: Pipeline, item: ReplayInput, seq: int, progress: TextIO | None
+) -> Iterator[tuple[float, int, str, Record]]:
+    for line in _lines(item, progress):
+        record = pipeline.parse(item.source, line, seq)
+        if record is not None:
+            yield record.ts, seq, item.source, record
     for record in pipeline.end_file(item.source, seq):  # a wrapped line its file ended inside
         yield record.ts, seq, item.source, record
 
@@ -165,6 +171,46 @@ def replay(
     progress: TextIO | None = sys.stderr,
 ) -> int:
     """Feed every input through `pipeline`; returns the number of records processed."""
+    on_alert = on_alert or (lambda alert: None)
+    inputs = list(inputs)
+    if len(inputs) == 1 and on_event is None:
+        count = _replay_in_blocks(pipeline, inputs[0], on_alert, progress)
+    else:
+        count = _replay_merged(pipeline, inputs, on_event, on_alert, progress)
+    last_write = pipeline.engine.last_write
+    if count and last_write is not None:
+        for alert in pipeline.advance(last_write):
+            on_alert(alert)
+    return count
+
+
+def _replay_in_blocks(
+    pipeline: Pipeline, item: ReplayInput, on_alert: Callable[[Alert], None], progress: TextIO | None
+) -> int:
+    """One input, and no one to see each event: nothing to merge, so its lines go to
+    `Pipeline.process_lines` a block at a time (the same stages and order, less work per line)."""
+    count = 0
+    lines = _lines(item, progress)
+    while block := list(itertools.islice(lines, BLOCK_LINES)):
+        records, alerts = pipeline.process_lines(item.source, block, 0)
+        count += records
+        for alert in alerts:
+            on_alert(alert)
+    for record in pipeline.end_file(item.source, 0):
+        count += 1
+        for alert in pipeline.process(item.source, record)[1]:
+            on_alert(alert)
+    return count
+
+
+def _replay_merged(
+    pipeline: Pipeline,
+    inputs: list[ReplayInput],
+    on_event: Callable[[Event], None] | None,
+    on_alert: Callable[[Alert], None],
+    progress: TextIO | None,
+) -> int:
+    """The records of every input, merged by time, one at a time."""
     streams = [_records(pipeline, item, seq, progress) for seq, item in enumerate(inputs)]
     merged = streams[0] if len(streams) == 1 else heapq.merge(*streams, key=lambda r: (r[0], r[1]))
     count = 0
@@ -173,14 +219,8 @@ def replay(
         count += 1
         if on_event is not None:
             on_event(event)
-        if on_alert is not None:
-            for alert in alerts:
-                on_alert(alert)
-    last_write = pipeline.engine.last_write if pipeline.engine is not None else None
-    if count and last_write is not None:
-        for alert in pipeline.advance(last_write):
-            if on_alert is not None:
-                on_alert(alert)
+        for alert in alerts:
+            on_alert(alert)
     return count
 
 

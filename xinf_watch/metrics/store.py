@@ -63,6 +63,11 @@ class MetricsStore:
         k = (source, result)  # StrEnum: the member is its label value
         self.lines[k] = self.lines.get(k, 0) + 1
 
+    def count_lines(self, source: str, result: LineResult, n: int) -> None:
+        if n:
+            k = (source, result)
+            self.lines[k] = self.lines.get(k, 0) + n
+
     def observe(self, event: Event) -> None:
         key = event.key
         k4 = (event.source, key, event.scope, event.outcome)
