@@ -312,19 +312,24 @@ def fail2ban_row(log: Path, lines: int, runs: int) -> Row | str:
 # -- in process, per stage ------------------------------------------------------------------------
 
 
+ALL_STAGES = "all four stages (combined_key, shipped rules)"
+
+
 def stage_costs(variants: Sequence[Variant], lines: int) -> list[tuple[str, float]]:
     """Microseconds per line of each stage. The one part of this script that knows the pipeline's
     internals (`Pipeline.build`, `stages[source].parse`, `.attributor.attribute`, `store.observe`,
-    `engine.observe`): adapt it here when they move. Each stage runs over all lines before the next
-    one, with the garbage collector off (a stage's outputs are kept in a list here, which would make
-    every collection walk all of them; in a run they die young): the sum leaves out the loop, the
-    reading and the collector, which the whole-process rows include. Both logs hold the same
-    requests: attribution, metrics and rules are measured on the first."""
+    `engine.observe`, `process_lines`): adapt it here when they move. Each stage runs over all
+    lines before the next one, with the garbage collector off (a stage's outputs are kept in a list
+    here, which would make every collection walk all of them; in a run they die young): the sum
+    leaves out the loop, the reading and the collector, which the whole-process rows include.
+    Then all four stages line after line, as replay and the daemon run them (`process_lines` on a
+    fresh pipeline, collector on): the whole process but reading and startup. Both logs hold the
+    same requests: attribution, metrics, rules and the loop are measured on the first."""
     from xinf_watch.app.checkcmd import load_everything
     from xinf_watch.app.pipeline import Pipeline
     from xinf_watch.model import Record
 
-    def timed(name: str, fn: Callable[[], list[Any]]) -> list[Any]:
+    def timed(name: str, fn: Callable[[], Any]) -> Any:
         gc.collect()
         gc.disable()
         try:
@@ -335,27 +340,36 @@ def stage_costs(variants: Sequence[Variant], lines: int) -> list[tuple[str, floa
             gc.enable()
         return result
 
-    out: list[tuple[str, float]] = []
-    first: tuple[Any, Any, list[Any]] | None = None  # pipelines, stage, records of the first log
-    for variant in variants:
+    def first_lines(variant: Variant) -> list[str]:
         with variant.log.open("rb") as f:
-            text = [
+            return [
                 raw.rstrip(b"\r\n").decode("utf-8", "replace")
                 for _, raw in zip(range(lines), f, strict=False)
             ]
-        pipelines = {label: Pipeline.build(*load_everything(path)) for label, path in variant.configs.items()}
-        stage = next(iter(pipelines["shipped rules"].stages.values()))
+
+    def shipped(variant: Variant) -> Pipeline:
+        return Pipeline.build(*load_everything(variant.configs["shipped rules"]))
+
+    out: list[tuple[str, float]] = []
+    parsed = []  # (stage, records) of each log
+    for variant in variants:
+        text = first_lines(variant)
+        stage = next(iter(shipped(variant).stages.values()))
         records = timed(f"parse ({variant.name})", lambda: [stage.parse(line) for line in text])  # noqa: B023
         assert all(type(r) is Record for r in records), f"{variant.name}: a line did not parse"
-        first = first or (pipelines, stage, records)
-    assert first is not None
-    pipelines, stage, records = first
+        parsed.append((stage, records))
+    stage, records = parsed[0]
     events = timed("attribute", lambda: [stage.attributor.attribute(r) for r in records])
-    store = pipelines["shipped rules"].store
+    store = shipped(variants[0]).store
     timed("metrics", lambda: [store.observe(e) for e in events])
     for label in ("7 rules", "shipped rules"):
-        engine = pipelines[label].engine
+        engine = Pipeline.build(*load_everything(variants[0].configs[label])).engine
         timed(f"rules ({label})", lambda: [engine.observe(e) for e in events])  # noqa: B023
+    whole, text = shipped(variants[0]), first_lines(variants[0])
+    gc.collect()
+    started = time.perf_counter()
+    whole.process_lines(next(iter(whole.stages)), text)
+    out.append((ALL_STAGES, (time.perf_counter() - started) * 1e6 / lines))
     return out
 
 
@@ -449,7 +463,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("| stage | µs per line | lines/s alone |")
     print("| --- | ---: | ---: |")
     for name, cost in stages:
-        print(f"| {name} | {cost:.2f} | {1e6 / cost:,.0f} |")
+        if name != ALL_STAGES:
+            print(f"| {name} | {cost:.2f} | {1e6 / cost:,.0f} |")
     by = dict(stages)
     total = by["parse (combined_key)"] + by["attribute"] + by["metrics"] + by["rules (shipped rules)"]
     name = "sum: parse (combined_key) + attribute + metrics + rules (shipped)"
@@ -459,6 +474,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     net = whole.lines / (whole.seconds - whole.startup)
     print(f"| for comparison: {whole.name} (combined_key), w/o startup | {1e6 / net:.2f} | {net:,.0f} |")
+    loop = by[ALL_STAGES]
+    print(f"| for comparison: {ALL_STAGES}, as one loop | {loop:.2f} | {1e6 / loop:,.0f} |")
     print()
     if mtail is not None:
         for variant in variants:

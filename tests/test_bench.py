@@ -26,7 +26,8 @@ THROUGHPUT_ROWS = [
 ]
 JSON_ROWS = ["Python: read + decode", "Python: orjson.loads + dict increment", *THROUGHPUT_ROWS[2:]]
 STAGES = ["parse (combined_key)", "parse (nginx-json)", "attribute", "metrics", "rules (7 rules)",
-          "rules (shipped rules)"]  # fmt: skip
+          "rules (shipped rules)",
+          "for comparison: all four stages (combined_key, shipped rules), as one loop"]  # fmt: skip
 LIVE_ROWS = [
     "lines written",
     "written lines/s",

@@ -135,6 +135,8 @@ def getter(path: Path) -> Getter:
         empty = None
         for key in keys:
             value = obj.get(key)
+            if value is None:  # most alternatives of a preset are absent from a given log
+                continue
             if type(value) is list:
                 value = value[0] if value else None
             if value == "" or value == "-":
