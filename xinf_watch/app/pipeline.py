@@ -3,7 +3,9 @@
 Both `replay` and the daemon drive a `Pipeline`, which is what makes a replay equal to what the
 live daemon would have done. The pipeline owns no I/O, no thread and no clock: time is the
 event's own timestamp, and `advance(now)` lets the caller move time forward when no line arrives
-(the daemon passes the wall clock, replay the last event time).
+(the daemon passes the wall clock, replay the last event time). Lines come one at a time
+(`process_line`) or a batch at a time (`process_lines`, the daemon's reads and replay's blocks:
+the same work, with the stages looked up once per batch).
 
 Reload is build-then-swap: `Pipeline.build` constructs every stage from a new config and registry,
 and raises before anything is swapped if one of them is invalid.
