@@ -2,7 +2,7 @@
 
 Rules:
 - Files are read as bytes and decoded as UTF-8 with replacement, so no input can stop a replay.
-  Lines follow the daemon's rules (`ingest.lines.read_lines`): a line over `MAX_LINE_BYTES` is
+  Lines follow the daemon's rules (`ingest.lines.read_blocks`): a line over `MAX_LINE_BYTES` is
   skipped (counted as skipped) without ever being held whole.
   gzip files (`access.log.2.gz`) are recognised by their magic bytes, not their name.
 - The files of one source are read oldest first (`x.log.3.gz`, `x.log.2`, `x.log.1`, `x.log`;
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import gzip
 import heapq
-import itertools
 import os
 import re
 import sys
@@ -36,14 +35,12 @@ from typing import BinaryIO, TextIO
 from xinf_watch.app.alertsummary import DEFAULT_TOP, Summary, summarize
 from xinf_watch.app.pipeline import Pipeline
 from xinf_watch.config.schema import load_config
-from xinf_watch.ingest.lines import read_lines as lines_of
+from xinf_watch.ingest.lines import read_blocks as blocks_of
 from xinf_watch.keys.files import load_registry
 from xinf_watch.model import Alert, Event, Record
 from xinf_watch.visible import visible
 
 PROGRESS_AFTER = 1.0  # seconds: files faster than this print no progress at all
-_CHECK_EVERY = 1 << 14  # lines between two looks at the clock
-BLOCK_LINES = 4096  # lines handed to the pipeline at a time
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,23 +125,25 @@ class Progress:
             )
 
 
-def read_lines(path: Path, progress_stream: TextIO | None) -> Iterator[str]:
+def read_blocks(path: Path, progress_stream: TextIO | None) -> Iterator[list[str]]:
+    """The lines of the file a block at a time (`ingest.lines.read_blocks`), with progress."""
     with open_binary(path) as stream:
         raw = getattr(stream, "fileobj", stream)  # the compressed file, for progress by bytes
         progress = Progress(path, progress_stream) if progress_stream is not None else None
         n = 0
-        for n, line in enumerate(lines_of(stream), 1):  # noqa: B007 - n is read after the loop
-            yield line
-            if progress is not None and n % _CHECK_EVERY == 0:
+        for block in blocks_of(stream):
+            yield block
+            n += len(block)
+            if progress is not None:
                 progress.update(n, raw.tell())
         if progress is not None:
             progress.done(n)
 
 
-def _lines(item: ReplayInput, progress: TextIO | None) -> Iterator[str]:
-    """The lines of one input; nothing from a file that was found by a glob and rotated away since."""
+def _blocks(item: ReplayInput, progress: TextIO | None) -> Iterator[list[str]]:
+    """The blocks of one input; none from a file that was found by a glob and rotated away since."""
     try:
-        yield from read_lines(item.path, progress)  # only its open can fail with FileNotFoundError
+        yield from read_blocks(item.path, progress)  # only its open can fail with FileNotFoundError
     except FileNotFoundError:
         if not item.found:
             raise
@@ -155,10 +154,11 @@ def _lines(item: ReplayInput, progress: TextIO | None) -> Iterator[str]:
 def _records(
     pipeline: Pipeline, item: ReplayInput, seq: int, progress: TextIO | None
 ) -> Iterator[tuple[float, int, str, Record]]:
-    for line in _lines(item, progress):
-        record = pipeline.parse(item.source, line, seq)
-        if record is not None:
-            yield record.ts, seq, item.source, record
+    for block in _blocks(item, progress):
+        for line in block:
+            record = pipeline.parse(item.source, line, seq)
+            if record is not None:
+                yield record.ts, seq, item.source, record
     for record in pipeline.end_file(item.source, seq):  # a wrapped line its file ended inside
         yield record.ts, seq, item.source, record
 
@@ -190,8 +190,7 @@ def _replay_in_blocks(
     """One input, and no one to see each event: nothing to merge, so its lines go to
     `Pipeline.process_lines` a block at a time (the same stages and order, less work per line)."""
     count = 0
-    lines = _lines(item, progress)
-    while block := list(itertools.islice(lines, BLOCK_LINES)):
+    for block in _blocks(item, progress):
         records, alerts = pipeline.process_lines(item.source, block, 0)
         count += records
         for alert in alerts:

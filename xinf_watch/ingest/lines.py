@@ -21,14 +21,13 @@ writer is gone (`finish()`). Rule 5 of ingest/tail.py's spec is what this module
 from __future__ import annotations
 
 import codecs
-import itertools
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
 MAX_LINE_BYTES = 1 << 20
-READ_BLOCK = 1 << 20  # bytes `read_lines` reads at a time
+READ_BLOCK = 1 << 20  # bytes `read_blocks` reads at a time
 OVERLONG_LINE = ""  # what a line longer than MAX_LINE_BYTES becomes: blank, counted as skipped
 
 
@@ -146,35 +145,47 @@ def last_line_end(fd: int, size: int) -> int:
     return 0 if pos == 0 else size
 
 
-READ_BLOCK = 1 << 20  # bytes `read_lines` reads at a time
-
-
 def read_lines(stream: BinaryIO, max_bytes: int = MAX_LINE_BYTES) -> Iterator[str]:
     """The lines of `stream`, start to end, by this module's rules (for `replay`): never more than
     `max_bytes` of one line in memory, a longer line is `OVERLONG_LINE`, a last line without
-    newline a line. Read in blocks and split: a readline() per line costs more than the rest of
-    reading."""
+    newline a line."""
+    for block in read_blocks(stream, max_bytes):
+        yield from block
+
+
+def read_blocks(stream: BinaryIO, max_bytes: int = MAX_LINE_BYTES) -> Iterator[list[str]]:
+    """`read_lines`, a block at a time: the lines that end in each `READ_BLOCK` bytes read (a list,
+    empty when none does). A block is decoded and split as a whole: a readline() or a decode per
+    line cost more than the rest of reading."""
     rest = b""  # the start of a line whose newline is not read yet
     overlong = False  # inside a line past `max_bytes`: dropped up to its newline
     while block := stream.read(READ_BLOCK):
-        pieces = block.split(b"\n")
-        last = pieces.pop()  # the start of the next line ("" when the block ends with a newline)
-        if pieces:  # the line `rest` began ends in this block
-            if overlong or len(rest) + len(pieces[0]) > max_bytes:
-                yield OVERLONG_LINE
+        end = block.rfind(b"\n") + 1  # after the last newline; 0: none in this block
+        if not end:
+            if overlong or len(rest) + len(block) > max_bytes:
+                overlong, rest = True, b""  # what it read of an overlong line is dropped
             else:
-                yield _text(rest + pieces[0])
-            overlong, rest = False, b""
-            for raw in itertools.islice(pieces, 1, None):
-                yield OVERLONG_LINE if len(raw) > max_bytes else _text(raw)
-        if overlong or len(rest) + len(last) > max_bytes:
-            overlong, rest = True, b""  # what it read of an overlong line is dropped
+                rest += block
+            yield []
+            continue
+        lines: list[str] = []
+        body = block[:end]  # the lines that end in this block, the first one without `rest`
+        if overlong or len(rest) + body.index(b"\n") > max_bytes:
+            lines.append(OVERLONG_LINE)
+            body = body[body.index(b"\n") + 1 :]
+        elif rest:
+            body = rest + body
+        if len(body) > max_bytes and max(map(len, body.split(b"\n"))) > max_bytes:
+            lines += [OVERLONG_LINE if len(raw) > max_bytes else _text(raw) for raw in body.split(b"\n")[:-1]]
         else:
-            rest += last
+            lines += _lines(body, len(body))
+        tail = block[end:]
+        overlong, rest = (True, b"") if len(tail) > max_bytes else (False, tail)
+        yield lines
     if overlong:
-        yield OVERLONG_LINE
+        yield [OVERLONG_LINE]
     elif rest:
-        yield _text(rest)
+        yield [_text(rest)]
 
 
 def _text(raw: bytes) -> str:
