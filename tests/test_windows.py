@@ -29,6 +29,17 @@ def test_window_counter_counts_the_last_thirty_buckets_exactly() -> None:
     assert c.count(T + 2 * BUCKETS + 2) == 0 and c.buckets == []
 
 
+def test_add_counts_without_the_bucket_its_own_time_pushed_out() -> None:
+    """`add` returns the count at `now` (what threshold and spike compare): the bucket that left the
+    window as `now` reached its index + BUCKETS is not in it, exactly as `count` says."""
+    c = WindowCounter(60)
+    c.add(T, T)
+    c.add(T + 2, T + 2)
+    now = T + 2 * BUCKETS  # bucket T//2 leaves at this instant, T//2 + 1 is still in
+    assert c.add(now, now) == 2 == c.count(now)
+    assert [b[0] for b in c.buckets] == [T // 2 + 1, T // 2 + BUCKETS]
+
+
 def test_window_counter_keeps_each_buckets_earliest_time() -> None:
     c = WindowCounter(60)
     c.add(T + 1.5, T + 1.5)
