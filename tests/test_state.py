@@ -115,6 +115,21 @@ def test_outbox_is_idempotent_per_alert_status_target(tmp_path: Path) -> None:
     assert [i.id for i in outbox.due(0.0)] == [items[1].id, items[2].id]
 
 
+@pytest.mark.parametrize("shared", [True, False], ids=["store's connection", "own connection"])
+def test_the_rows_of_one_message_are_marked_delivered_in_one_transaction(
+    tmp_path: Path, shared: bool
+) -> None:
+    """A grouped message is several rows; a kill between their marks would repeat part of it."""
+    store = StateStore(tmp_path)
+    store.commit({}, {}, [(make_alert(n), ["ops"]) for n in range(3)])
+    outbox = Outbox(tmp_path, store=store if shared else None)
+    statements: list[str] = []
+    outbox._conn.set_trace_callback(statements.append)
+    outbox.delivered([item.id for item in outbox.due(0.0)], 5.0)
+    assert [s for s in statements if s in ("BEGIN IMMEDIATE", "COMMIT")] == ["BEGIN IMMEDIATE", "COMMIT"]
+    assert outbox.pending() == 0
+
+
 def test_failed_rows_back_off_and_hold_back_their_target_only(tmp_path: Path) -> None:
     store = StateStore(tmp_path)
     store.commit(

@@ -190,8 +190,7 @@ class Deliverer:
     def _mark_delivered(self, name: str, target: Target, batch: Sequence[OutboxItem]) -> None:
         """A message that went out: its rows delivered, and its groups held for their interval."""
         done = self._now()
-        for item in batch:
-            self._outbox.delivered(item.id, done)
+        self._outbox.delivered([item.id for item in batch], done)
         self._on_result(group_of(name), True, len(batch))
         if target.group_interval > 0:
             with self._told_lock:

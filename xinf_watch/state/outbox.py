@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import orjson
 
 from xinf_watch.model import Alert, AlertStatus
-from xinf_watch.state.database import DB_NAME, connect
+from xinf_watch.state.database import DB_NAME, connect, transaction
 
 if TYPE_CHECKING:
     from xinf_watch.state.store import StateStore
@@ -103,7 +103,7 @@ class Outbox:
         if self._store is not None:
             return self._store.write(work)
         with self._lock:
-            return work(self._conn)
+            return transaction(self._conn, work)
 
     def pending(self) -> int:
         with self._lock:
@@ -220,10 +220,13 @@ class Outbox:
         rows = [(i,) for i in alert_ids]
         self._write(lambda conn: conn.executemany("DELETE FROM firing WHERE alert_id = ?", rows))
 
-    def delivered(self, item_id: int, now: float | None = None) -> None:
+    def delivered(self, item_ids: int | Sequence[int], now: float | None = None) -> None:
+        """Mark rows sent. The rows of one message (several ids) in one transaction: a kill lands
+        before or after the whole mark, so a message is repeated whole or not at all."""
         when = time.time() if now is None else now
+        ids = [item_ids] if isinstance(item_ids, int) else list(item_ids)
         sql = "UPDATE outbox SET delivered_at = ?, last_error = NULL WHERE id = ?"
-        self._write(lambda conn: conn.execute(sql, (when, item_id)))
+        self._write(lambda conn: conn.executemany(sql, [(when, i) for i in ids]))
 
     def failed(self, item_ids: int | Sequence[int], now: float, error: str) -> None:
         """Retry later: 1 s after the first failure, then 2 s, 4 s, ... at most BACKOFF_MAX. Never dropped.
