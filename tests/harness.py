@@ -298,10 +298,15 @@ def json_url(receiver: HTTPReceiver, path: str = "hook") -> str:
     return f"json://{receiver.url}/{path}"
 
 
+def received_copies(receiver: HTTPReceiver) -> list[tuple[dict[str, Any], float]]:
+    """The alert JSON objects the receiver got, in order, each with the time.monotonic() its
+    message arrived: the JSON lines that end each apprise JSON message body (one alert, or a group's)."""
+    return [(alert, r.at) for r in list(receiver.requests) for alert in alerts_in(r.json()["message"])]
+
+
 def received_alerts(receiver: HTTPReceiver) -> list[dict[str, Any]]:
-    """The alert JSON objects the receiver got, in order: the JSON lines that end each apprise JSON
-    message body (one alert, or a group's)."""
-    return [alert for r in list(receiver.requests) for alert in alerts_in(r.json()["message"])]
+    """The alert JSON objects the receiver got, in order (`received_copies` without the times)."""
+    return [alert for alert, _ in received_copies(receiver)]
 
 
 class Workspace:

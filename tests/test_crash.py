@@ -34,11 +34,10 @@ from harness import (
     json_url,
     parsed_lines,
     received_alerts,
+    received_copies,
     total,
 )
 from receivers import HTTPReceiver, Request
-
-from xinf_watch.delivery.text import alerts_in
 
 pytestmark = pytest.mark.system
 
@@ -108,7 +107,7 @@ def test_kill_9_twenty_times_nothing_lost_nothing_repeated_but_a_send_cut_off(ws
         d.wait_until(lambda m: total(m, "xinf_watch_outbox_pending") == 0, what="an empty outbox")
         time.sleep(0.5)  # room for a late duplicate
         m = d.metrics()
-        copies = [(alert, r.at) for r in list(receiver.requests) for alert in alerts_in(r.json()["message"])]
+        copies = received_copies(receiver)
         journal = ws.journal()
         d.terminate()
     finally:

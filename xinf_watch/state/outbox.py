@@ -224,7 +224,7 @@ class Outbox:
         """Mark rows sent. The rows of one message (several ids) in one transaction: a kill lands
         before or after the whole mark, so a message is repeated whole or not at all."""
         when = time.time() if now is None else now
-        ids = [item_ids] if isinstance(item_ids, int) else list(item_ids)
+        ids = _as_list(item_ids)
         sql = "UPDATE outbox SET delivered_at = ?, last_error = NULL WHERE id = ?"
         self._write(lambda conn: conn.executemany(sql, [(when, i) for i in ids]))
 
@@ -232,7 +232,7 @@ class Outbox:
         """Retry later: 1 s after the first failure, then 2 s, 4 s, ... at most BACKOFF_MAX. Never dropped.
         The rows of one failed message (several ids) come due again together, after the backoff of
         the most tried one: a message is retried whole."""
-        ids = [item_ids] if isinstance(item_ids, int) else list(item_ids)
+        ids = _as_list(item_ids)
         marks = ",".join("?" * len(ids))
 
         def work(conn: sqlite3.Connection) -> None:
@@ -256,3 +256,8 @@ class Outbox:
         with self._lock:
             if self._own is not None:
                 self._own.close()
+
+
+def _as_list(item_ids: int | Sequence[int]) -> list[int]:
+    """One row's id or a message's ids, as a list."""
+    return [item_ids] if isinstance(item_ids, int) else list(item_ids)
